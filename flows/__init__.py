@@ -1,0 +1,1 @@
+"""Prefect flows: they compose tasks and choose task runners; the logic lives in `oblivio`."""

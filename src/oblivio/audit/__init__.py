@@ -1,0 +1,1 @@
+"""Privacy audits of trained models: membership-inference attacks and their metrics."""

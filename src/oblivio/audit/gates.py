@@ -1,0 +1,70 @@
+"""Promotion gates: each one a small function with one verdict.
+
+A gate reads the audit of the candidate (and the champion's, if any) and answers
+`{passed, value, threshold}`, or None when it does not apply (no DP report, no champion
+yet, ...). Gates are registered by name; adding one is adding a function here.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from oblivio.config import GateParams
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    value: float | None  # what was measured
+    threshold: float | None  # what it was held against
+    detail: str  # one line a reviewer can read
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    metrics: dict  # the candidate's audit (accuracy, epsilon, mia figures, ...)
+    champion: dict | None  # the current champion's metrics, if there is one
+    gates: GateParams
+
+
+Gate = Callable[[AuditContext], GateResult | None]
+GATES: dict[str, Gate] = {}
+
+
+def gate(name: str) -> Callable[[Gate], Gate]:
+    def register(fn: Gate) -> Gate:
+        GATES[name] = fn
+        return fn
+
+    return register
+
+
+@gate("min_accuracy")
+def _min_accuracy(ctx: AuditContext) -> GateResult:
+    value, threshold = ctx.metrics["accuracy"], ctx.gates.min_accuracy
+    passed = value >= threshold
+    return GateResult(passed, value, threshold, f"held-out accuracy {value:.4f} {'>=' if passed else '<'} {threshold}")
+
+
+@gate("no_regression")
+def _no_regression(ctx: AuditContext) -> GateResult | None:
+    if not ctx.champion or "accuracy" not in ctx.champion:
+        return None
+    delta = ctx.metrics["accuracy"] - ctx.champion["accuracy"]
+    threshold = -ctx.gates.max_accuracy_regression
+    passed = delta >= threshold
+    return GateResult(passed, delta, threshold,
+                      f"accuracy {delta:+.4f} vs champion ({ctx.champion['accuracy']:.4f}); allowed drop {-threshold}")
+
+
+def evaluate_gates(ctx: AuditContext) -> dict[str, GateResult]:
+    """Every applicable gate's verdict, by name."""
+    results = {name: fn(ctx) for name, fn in GATES.items()}
+    return {name: r for name, r in results.items() if r is not None}
+
+
+def all_passed(results: dict[str, GateResult]) -> bool:
+    return all(r.passed for r in results.values())

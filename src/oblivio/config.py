@@ -1,0 +1,273 @@
+"""params.yaml and mlflow.yaml as frozen dataclasses, validated once.
+
+Every problem in a file is collected before raising, so a user fixes them all in one go:
+"params.yaml: train.epochs_per_slice must be an integer >= 1, got 'four'".
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from oblivio.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Columns:
+    record_id: str = "record_id"  # unique per row
+    subject_id: str = "subject_id"  # the person; several rows may share one
+    label: str = "label"
+    features: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str = "builtin:nlswork"  # builtin:nlswork | builtin:fashion-mnist | path to .parquet/.csv
+    columns: Columns = Columns()
+    label_domain: tuple[int, ...] = (0, 1)
+    holdout_fraction: float = 0.2  # share of *subjects* held out for evaluation and audits
+    max_null_fraction: float = 0.5  # per feature column
+    min_rows: int = 100
+    limit_subjects: int = 0  # 0 = all; >0 keeps a deterministic subset (tests, quick tours)
+
+
+@dataclass(frozen=True)
+class SisaParams:
+    shards: int = 8
+    slices: int = 4
+    aggregation: str = "mean_proba"  # mean_proba | majority_vote
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    model: str = "mlp"  # mlp | cnn
+    hidden: tuple[int, ...] = (64, 64)
+    epochs_per_slice: int = 4
+    batch_size: int = 64
+    lr: float = 0.002
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class DpParams:
+    enabled: bool = False
+    target_epsilon: float = 8.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"  # prv | rdp
+
+
+@dataclass(frozen=True)
+class GateParams:
+    min_accuracy: float = 0.5
+    max_accuracy_regression: float = 0.01  # vs the current champion, absolute
+    require_approval: bool = False
+
+
+@dataclass(frozen=True)
+class ExecutorParams:
+    kind: str = "process"  # sequential | thread | process | dask
+    max_workers: int = 2
+    dask_address: str = ""  # tcp://host:8786 for an existing cluster; empty = local cluster
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    baseline: bool = True  # also train one non-sharded model the same way, for comparison
+
+
+@dataclass(frozen=True)
+class ScheduleParams:
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 0
+    data: DataParams = DataParams()
+    sisa: SisaParams = SisaParams()
+    train: TrainParams = TrainParams()
+    dp: DpParams = DpParams()
+    gates: GateParams = GateParams()
+    executor: ExecutorParams = ExecutorParams()
+    report: ReportParams = ReportParams()
+    schedule: ScheduleParams = ScheduleParams()
+
+
+CHOICES = {
+    "sisa.aggregation": ("mean_proba", "majority_vote"),
+    "train.model": ("mlp", "cnn"),
+    "dp.accountant": ("prv", "rdp"),
+    "executor.kind": ("sequential", "thread", "process", "dask"),
+}
+POSITIVE = {"sisa.slices", "train.epochs_per_slice", "train.batch_size", "executor.max_workers"}
+FRACTIONS = {"data.holdout_fraction", "data.max_null_fraction"}
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str = "sqlite:///mlflow.db"
+    registry_uri: str = ""  # empty = same as tracking_uri
+    experiment: str = "oblivio"
+    artifact_location: str = "mlartifacts"
+    model_name: str = "oblivio-ensemble"
+    candidate_alias: str = "candidate"
+    champion_alias: str = "champion"
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(tp)[0])}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
+    """Convert a YAML value to the annotated type, or record why it cannot be."""
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, errors)
+    if typing.get_origin(tp) is tuple:
+        (item,) = typing.get_args(tp)[:1]
+        if not isinstance(value, list):
+            errors.append(f"{where} must be {_describe(tp)}, got {value!r}")
+            return None
+        return tuple(_coerce(v, item, f"{where}[{i}]", errors) for i, v in enumerate(value))
+    ok = (
+        (tp is bool and isinstance(value, bool))
+        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
+        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (tp is str and isinstance(value, str))
+    )
+    if not ok:
+        errors.append(f"{where} must be {_describe(tp)}, got {value!r}")
+        return None
+    return float(value) if tp is float else value
+
+
+def _build(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append(f"{where or 'the file'} must be a mapping of keys to values, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            errors.append(f"{where + '.' if where else ''}{key} is not a known key (known: {', '.join(sorted(known))})")
+    values = {}
+    for name in known & raw.keys():
+        values[name] = _coerce(raw[name], hints[name], f"{where + '.' if where else ''}{name}", errors)
+    return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+def _check_ranges(params: Params, errors: list[str]) -> None:
+    def get(path: str) -> Any:
+        obj: Any = params
+        for part in path.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    for path, choices in CHOICES.items():
+        if get(path) not in choices:
+            errors.append(f"{path} must be one of {', '.join(choices)}, got {get(path)!r}")
+    for path in POSITIVE:
+        if get(path) < 1:
+            errors.append(f"{path} must be >= 1, got {get(path)!r}")
+    for path in FRACTIONS:
+        if not 0 <= get(path) < 1:
+            errors.append(f"{path} must be in [0, 1), got {get(path)!r}")
+    if params.sisa.shards < 2:
+        errors.append(f"sisa.shards must be >= 2 (the MIA audit uses the other shards as references), got {params.sisa.shards}")
+    if len(params.data.label_domain) < 2:
+        errors.append(f"data.label_domain must list at least two labels, got {list(params.data.label_domain)}")
+    if not params.data.columns.features:
+        errors.append("data.columns.features must list at least one feature column")
+    if params.dp.enabled and params.dp.target_epsilon <= 0:
+        errors.append(f"dp.target_epsilon must be > 0, got {params.dp.target_epsilon}")
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist. Run `oblivio init DIR` to create a workspace with defaults.")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+
+
+def _raise_if(errors: list[str], path: Path) -> None:
+    if errors:
+        listing = "\n".join(f"  - {e}" for e in errors)
+        raise ConfigError(f"{path.name} has {len(errors)} problem(s):\n{listing}\nFix them in {path} and run again.")
+
+
+def parse_params(raw: Any, path: Path = Path("params.yaml")) -> Params:
+    errors: list[str] = []
+    params = _build(Params, raw, "", errors)
+    if not errors:
+        _check_ranges(params, errors)
+    _raise_if(errors, path)
+    return params
+
+
+def load_params(path: Path) -> Params:
+    return parse_params(_read_yaml(path), path)
+
+
+ENV_OVERRIDES = {
+    "MLFLOW_TRACKING_URI": "tracking_uri",
+    "MLFLOW_REGISTRY_URI": "registry_uri",
+    "MLFLOW_EXPERIMENT_NAME": "experiment",
+}
+
+
+def load_mlflow_config(path: Path, root: Path) -> MlflowConfig:
+    """mlflow.yaml with `MLFLOW_*` environment overrides; relative paths resolved against `root`."""
+    errors: list[str] = []
+    cfg = _build(MlflowConfig, _read_yaml(path), "", errors)
+    _raise_if(errors, path)
+    overrides = {f: os.environ[v] for v, f in ENV_OVERRIDES.items() if os.environ.get(v)}
+    cfg = dataclasses.replace(cfg, **overrides)
+    return dataclasses.replace(
+        cfg,
+        tracking_uri=_absolute_uri(cfg.tracking_uri, root),
+        registry_uri=_absolute_uri(cfg.registry_uri or cfg.tracking_uri, root),
+        artifact_location=str((root / cfg.artifact_location).resolve())
+        if "://" not in cfg.artifact_location
+        else cfg.artifact_location,
+    )
+
+
+def _absolute_uri(uri: str, root: Path) -> str:
+    """`sqlite:///mlflow.db` means the workspace's file; MLflow needs it absolute."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str((root / uri[len(prefix):]).resolve())
+    return uri
+
+
+def params_as_flat_dict(params: Params) -> dict[str, Any]:
+    """`{"train.lr": 0.002, ...}` for MLflow params (no personal data lives in params)."""
+    flat: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(value, key + ".")
+            else:
+                flat[key] = list(value) if isinstance(value, tuple) else value
+
+    walk(params, "")
+    return flat
+
+
+__all__ = ["Params", "MlflowConfig", "load_params", "parse_params", "load_mlflow_config", "params_as_flat_dict"]

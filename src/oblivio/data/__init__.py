@@ -1,0 +1,1 @@
+"""Data: sources, schema checks, validation and shard placement."""

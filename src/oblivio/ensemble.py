@@ -1,0 +1,80 @@
+"""The SISA ensemble: shard models loaded from a published models directory.
+
+`models/manifest.json` names the recipe, the shards, their slice commitments and the
+hash of each shard's weights; `models/shard-K.pt` holds the weights (state dicts only,
+loaded with `weights_only=True`, never unpickled code). The same class serves the
+pipeline's audits and the MLflow pyfunc model.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from oblivio.training.nets import build_model, featurize
+from oblivio.training.sisa import Recipe, weights_digest
+
+MANIFEST = "manifest.json"
+
+
+def shard_file(k: int) -> str:
+    return f"shard-{k}.pt"
+
+
+@dataclass
+class Ensemble:
+    recipe: Recipe
+    features: tuple[str, ...]
+    aggregation: str
+    models: list[torch.nn.Module]
+
+    @classmethod
+    def load(cls, models_dir: Path, *, verify: bool = True) -> "Ensemble":
+        manifest = json.loads((models_dir / MANIFEST).read_text())
+        recipe = Recipe(**{**manifest["recipe"], "hidden": tuple(manifest["recipe"]["hidden"])})
+        models = []
+        for entry in manifest["shards"]:
+            state = torch.load(models_dir / shard_file(entry["index"]), weights_only=True)
+            if verify and weights_digest(state) != entry["weights_sha256"]:
+                from oblivio.errors import IntegrityError
+
+                raise IntegrityError(
+                    f"{models_dir / shard_file(entry['index'])} does not match the weights hash in its manifest. "
+                    "The models directory was modified; run `oblivio run` to rebuild it."
+                )
+            model = build_model(recipe.model, n_inputs=recipe.n_inputs, hidden=recipe.hidden,
+                                n_classes=recipe.n_classes, seed=0)
+            model.load_state_dict(state)
+            model.eval()
+            models.append(model)
+        return cls(recipe, tuple(manifest["features"]), manifest["aggregation"], models)
+
+    def featurize(self, raw: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(featurize(raw, self.recipe.model))
+
+    @torch.no_grad()
+    def shard_logits(self, x: torch.Tensor) -> np.ndarray:
+        """(n_shards, n, n_classes) float64 logits of every shard model."""
+        torch.set_num_threads(1)
+        return np.stack([m(x).double().numpy() for m in self.models])
+
+    def predict_proba(self, raw: np.ndarray) -> np.ndarray:
+        return aggregate(self.shard_logits(self.featurize(raw)), self.aggregation)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def aggregate(shard_logits: np.ndarray, how: str) -> np.ndarray:
+    """Ensemble class probabilities: mean of shard probabilities, or share of shard votes."""
+    if how == "majority_vote":
+        votes = shard_logits.argmax(axis=-1)
+        n_classes = shard_logits.shape[-1]
+        return np.stack([(votes == c).mean(axis=0) for c in range(n_classes)], axis=-1)
+    return softmax(shard_logits).mean(axis=0)

@@ -1,0 +1,42 @@
+"""Errors a user can cause and fix.
+
+Every user mistake raises an `OblivioError`: the CLI prints its message (what was
+wrong, where, what to do) and exits non-zero, never a traceback.
+"""
+from __future__ import annotations
+
+
+class OblivioError(ValueError):
+    """A problem the user can fix; `str(err)` is the whole message."""
+
+    exit_code = 2
+
+
+class ConfigError(OblivioError):
+    """params.yaml or mlflow.yaml is malformed."""
+
+
+class WorkspaceError(OblivioError):
+    """The current directory is not (or not yet) an Oblivio workspace."""
+
+
+class DataError(OblivioError):
+    """The input data is unreadable or does not match the declared schema."""
+
+
+class ValidationFailed(DataError):
+    """The Great Expectations suite rejected the batch; `report` lists each failure."""
+
+    def __init__(self, message: str, report: list[dict]):
+        super().__init__(message)
+        self.report = report
+
+
+class RequestError(OblivioError):
+    """A deletion request is malformed or cannot be honoured."""
+
+
+class IntegrityError(OblivioError):
+    """Recorded state contradicts itself (checkpoint, ledger or certificate mismatch)."""
+
+    exit_code = 3

@@ -1,0 +1,428 @@
+"""The deletion-request ledger: a durable SQLite record of what must be forgotten.
+
+Every erasure or correction is committed here before anything acts on it, so a crash
+at any point leaves a request that processing can pick up again. People are named only
+by keyed hashes (see `oblivio.keys`): the ledger never sees a raw id, so the file can be
+backed up or inspected without exposing whom it concerns.
+
+Many worker processes may write at once, so the database runs in WAL mode, waits (up
+to a minute) instead of failing when locked, and takes the write lock up front
+(`BEGIN IMMEDIATE`) so that read-check-write sequences cannot interleave.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from oblivio.errors import IntegrityError, RequestError
+
+REQUEST_KINDS = ("erasure", "corrective")
+STATUSES = ("pending", "applied", "promoted", "rejected", "failed")
+
+# Which status each status may move to. `applied -> applied` and `failed -> failed`
+# exist because re-processing an interrupted run must be allowed to record again.
+_TRANSITIONS = {
+    "pending": frozenset({"applied", "rejected", "failed"}),
+    "failed": frozenset({"applied", "rejected", "failed"}),
+    "applied": frozenset({"promoted", "applied", "failed"}),
+    "promoted": frozenset(),
+    "rejected": frozenset(),
+}
+_ACTIONABLE = ("pending", "failed", "applied")
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS requests (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        outcome TEXT,
+        error TEXT,
+        fingerprint TEXT NOT NULL
+    )""",
+    # At most one live (not rejected) request per fingerprint, enforced by the database
+    # itself so that no code path can record the same deletion twice.
+    """CREATE UNIQUE INDEX IF NOT EXISTS requests_live_fingerprint
+        ON requests (fingerprint) WHERE status != 'rejected'""",
+    "CREATE INDEX IF NOT EXISTS requests_status ON requests (status, created_at)",
+    """CREATE TABLE IF NOT EXISTS request_hashes (
+        request_id TEXT NOT NULL REFERENCES requests (id),
+        role TEXT NOT NULL CHECK (role IN ('subject', 'record')),
+        hash TEXT NOT NULL,
+        PRIMARY KEY (request_id, role, hash)
+    )""",
+    "CREATE INDEX IF NOT EXISTS request_hashes_hash ON request_hashes (hash)",
+    """CREATE TABLE IF NOT EXISTS tombstones (
+        role TEXT NOT NULL CHECK (role IN ('subject', 'record')),
+        hash TEXT NOT NULL,
+        request_id TEXT NOT NULL REFERENCES requests (id),
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (role, hash)
+    )""",
+    """CREATE TABLE IF NOT EXISTS certificates (
+        request_id TEXT PRIMARY KEY REFERENCES requests (id),
+        body TEXT NOT NULL,
+        saved_at TEXT NOT NULL
+    )""",
+)
+
+# One statement, so a request and its hashes are read from the same snapshot even
+# while other processes commit.
+_SELECT = """
+    SELECT r.*,
+        (SELECT group_concat(hash, ',') FROM request_hashes h
+            WHERE h.request_id = r.id AND h.role = 'subject') AS subjects,
+        (SELECT group_concat(hash, ',') FROM request_hashes h
+            WHERE h.request_id = r.id AND h.role = 'record') AS records
+    FROM requests r
+"""
+_ORDER = " ORDER BY r.created_at, r.id"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _fingerprint(kind: str, subjects: tuple[str, ...], records: tuple[str, ...]) -> str:
+    """Identity of a request's content; JSON keeps subjects and records apart."""
+    return hashlib.sha256(json.dumps([kind, subjects, records]).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One deletion request as recorded; hashes are sorted and deduplicated."""
+
+    id: str
+    kind: str
+    subject_hashes: tuple[str, ...]
+    record_hashes: tuple[str, ...]
+    reason: str
+    status: str
+    created_at: str
+    updated_at: str
+    attempts: int
+    outcome: dict | None
+    error: str | None
+    fingerprint: str
+
+    def to_json(self) -> dict:
+        """All fields as JSON-safe values, for the CLI and certificates."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "subject_hashes": list(self.subject_hashes),
+            "record_hashes": list(self.record_hashes),
+            "reason": self.reason,
+            "status": self.status,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "attempts": self.attempts,
+            "outcome": json.loads(json.dumps(self.outcome)),
+            "error": self.error,
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def _from_row(cls, row: sqlite3.Row) -> Request:
+        def hashes(joined: str | None) -> tuple[str, ...]:
+            return tuple(sorted(joined.split(","))) if joined else ()
+
+        return cls(
+            id=row["id"],
+            kind=row["kind"],
+            subject_hashes=hashes(row["subjects"]),
+            record_hashes=hashes(row["records"]),
+            reason=row["reason"],
+            status=row["status"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            attempts=row["attempts"],
+            outcome=None if row["outcome"] is None else json.loads(row["outcome"]),
+            error=row["error"],
+            fingerprint=row["fingerprint"],
+        )
+
+
+def _clean_hashes(hashes: Iterable[str], role: str) -> tuple[str, ...]:
+    """Sorted, deduplicated keyed hashes, or RequestError.
+
+    The message gives the position, never the value: a malformed "hash" is most likely
+    a raw id passed by mistake, and echoing it would leak it into logs.
+    """
+    if isinstance(hashes, (str, bytes)):
+        raise RequestError(
+            f"{role.capitalize()} hashes must be a list of hashes, not a single string; "
+            "wrap the hash in a list."
+        )
+    cleaned = set()
+    for position, value in enumerate(hashes, start=1):
+        if not isinstance(value, str) or not _HASH.fullmatch(value):
+            raise RequestError(
+                f"{role.capitalize()} hash #{position} is not a keyed hash "
+                "(64 lowercase hex characters). Hash raw ids with oblivio.keys.keyed_hash "
+                "first: the ledger never stores raw ids."
+            )
+        cleaned.add(value)
+    return tuple(sorted(cleaned))
+
+
+def _dump(obj: dict, what: str) -> str:
+    if not isinstance(obj, dict):
+        raise TypeError(f"{what} must be a dict, not {type(obj).__name__}")
+    return json.dumps(obj, sort_keys=True)
+
+
+class Ledger:
+    """Deletion requests, tombstones and certificates in one SQLite file.
+
+    The connection opens on first use and belongs to the process that opened it, so a
+    Ledger may be created before workers fork or be handed to spawned workers.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn: sqlite3.Connection | None = None
+        self._pid: int | None = None
+
+    def __getstate__(self) -> dict:
+        """Pickle only the path: a connection cannot cross process boundaries."""
+        return {"path": self.path, "_conn": None, "_pid": None}
+
+    def _db(self) -> sqlite3.Connection:
+        """The open connection, (re)opened lazily and again in a forked child.
+
+        A forked child must never use its parent's SQLite connection (it would corrupt
+        locks), so it is abandoned there, not closed, and a fresh one is opened.
+        """
+        if self._conn is None or self._pid != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+            except BaseException:
+                conn.close()
+                raise
+            conn.execute("COMMIT")
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the lock from the start; all or nothing."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = self._pid = None
+
+    # Requests
+
+    def submit(
+        self,
+        *,
+        kind: str,
+        subject_hashes: Iterable[str] = (),
+        record_hashes: Iterable[str] = (),
+        reason: str = "",
+    ) -> tuple[Request, bool]:
+        """Record a request durably (committed before return); returns (request, created).
+
+        Idempotent on content: while an identical request is pending, applied, promoted
+        or failed, it is returned with created=False, so a retried submission is never
+        applied twice. Only after a rejection may the same request be filed anew.
+        """
+        if kind not in REQUEST_KINDS:
+            raise RequestError(
+                f"Unknown request kind {kind!r}; use one of: {', '.join(REQUEST_KINDS)}."
+            )
+        subjects = _clean_hashes(subject_hashes, "subject")
+        records = _clean_hashes(record_hashes, "record")
+        if not subjects and not records:
+            raise RequestError(
+                "The request names no subject and no record; "
+                "give at least one subject hash or record hash."
+            )
+        if not isinstance(reason, str):
+            raise RequestError("The request reason must be text.")
+        fingerprint = _fingerprint(kind, subjects, records)
+        with self._write() as db:
+            row = db.execute(
+                "SELECT id FROM requests WHERE fingerprint = ? AND status != 'rejected'",
+                (fingerprint,),
+            ).fetchone()
+            if row is not None:
+                return self._get(db, row["id"]), False
+            request_id = "req-" + uuid.uuid4().hex[:16]
+            now = _now()
+            db.execute(
+                "INSERT INTO requests (id, kind, reason, status, created_at, updated_at, "
+                "fingerprint) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                (request_id, kind, reason, now, now, fingerprint),
+            )
+            db.executemany(
+                "INSERT INTO request_hashes (request_id, role, hash) VALUES (?, ?, ?)",
+                [(request_id, "subject", h) for h in subjects]
+                + [(request_id, "record", h) for h in records],
+            )
+            return self._get(db, request_id), True
+
+    def _get(self, db: sqlite3.Connection, request_id: str) -> Request:
+        row = db.execute(_SELECT + " WHERE r.id = ?", (request_id,)).fetchone()
+        if row is None:
+            raise RequestError(
+                f"No deletion request has id {request_id!r}. "
+                "Run `oblivio requests` to list the recorded requests."
+            )
+        return Request._from_row(row)
+
+    def get(self, request_id: str) -> Request:
+        return self._get(self._db(), request_id)
+
+    def list(self, *, status: str | None = None) -> list[Request]:
+        """All requests, or those in one status, oldest first."""
+        if status is None:
+            rows = self._db().execute(_SELECT + _ORDER)
+        elif status in STATUSES:
+            rows = self._db().execute(_SELECT + " WHERE r.status = ?" + _ORDER, (status,))
+        else:
+            raise RequestError(f"Unknown status {status!r}; use one of: {', '.join(STATUSES)}.")
+        return [Request._from_row(row) for row in rows]
+
+    def actionable(self) -> list[Request]:
+        """Requests processing must (re)do, oldest first.
+
+        Applied requests are included: they are done but not yet promoted, and a crash
+        before promotion must not lose them (re-applying is idempotent).
+        """
+        marks = ", ".join("?" * len(_ACTIONABLE))
+        rows = self._db().execute(_SELECT + f" WHERE r.status IN ({marks})" + _ORDER, _ACTIONABLE)
+        return [Request._from_row(row) for row in rows]
+
+    def standing_corrections(self) -> list[Request]:
+        """Corrective requests already in effect; every later retrain must re-apply them."""
+        rows = self._db().execute(
+            _SELECT + " WHERE r.kind = 'corrective' AND r.status IN ('applied', 'promoted')"
+            + _ORDER
+        )
+        return [Request._from_row(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Requests per status; every status is present so dashboards need no defaults."""
+        counts = dict.fromkeys(STATUSES, 0)
+        for row in self._db().execute("SELECT status, count(*) AS n FROM requests GROUP BY status"):
+            counts[row["status"]] = row["n"]
+        return counts
+
+    # Status transitions
+
+    def _transition(self, ids: Sequence[str], status: str, assignments: str, values: tuple) -> None:
+        """Move every id to `status` in one transaction, or none if any move is invalid."""
+        if isinstance(ids, str):
+            raise TypeError("ids must be a sequence of request ids, not a single string")
+        unique = list(dict.fromkeys(ids))
+        with self._write() as db:
+            for request_id in unique:
+                current = self._get(db, request_id).status
+                if status not in _TRANSITIONS[current]:
+                    raise IntegrityError(
+                        f"Request {request_id} is {current} and cannot become {status}"
+                        f"{' (it is final)' if not _TRANSITIONS[current] else ''}. "
+                        "Nothing was changed; run `oblivio requests` to review its history."
+                    )
+            db.executemany(
+                f"UPDATE requests SET status = ?, updated_at = ?, {assignments} WHERE id = ?",
+                [(status, _now(), *values, request_id) for request_id in unique],
+            )
+
+    def mark_applied(self, ids: Sequence[str], *, outcome: dict) -> None:
+        self._transition(ids, "applied", "outcome = ?, error = NULL", (_dump(outcome, "outcome"),))
+
+    def mark_promoted(self, ids: Sequence[str], *, outcome: dict) -> None:
+        self._transition(ids, "promoted", "outcome = ?, error = NULL", (_dump(outcome, "outcome"),))
+
+    def mark_rejected(self, request_id: str, *, reason: str) -> None:
+        """Refuse a request for good; the reason is kept in `error` for the requester."""
+        self._transition([request_id], "rejected", "error = ?", (reason,))
+
+    def mark_failed(self, ids: Sequence[str], *, error: str) -> None:
+        """Record a failed attempt; the request stays actionable and will be retried."""
+        self._transition(ids, "failed", "error = ?, attempts = attempts + 1", (error,))
+
+    # Tombstones: once a subject or record is erased, ingest drops it forever.
+
+    def _add_tombstones(self, hashes: Iterable[str], role: str, request_id: str) -> None:
+        cleaned = _clean_hashes(hashes, role)
+        with self._write() as db:
+            self._get(db, request_id)
+            now = _now()
+            db.executemany(
+                "INSERT OR IGNORE INTO tombstones (role, hash, request_id, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                [(role, h, request_id, now) for h in cleaned],
+            )
+
+    def _tombstones(self, role: str) -> frozenset[str]:
+        rows = self._db().execute("SELECT hash FROM tombstones WHERE role = ?", (role,))
+        return frozenset(row["hash"] for row in rows)
+
+    def add_tombstones(self, subject_hashes: Iterable[str], *, request_id: str) -> None:
+        """Bar erased subjects from every future ingest; repeating it is harmless."""
+        self._add_tombstones(subject_hashes, "subject", request_id)
+
+    def tombstones(self) -> frozenset[str]:
+        return self._tombstones("subject")
+
+    def add_record_tombstones(self, record_hashes: Iterable[str], *, request_id: str) -> None:
+        """Bar single erased records from every future ingest; repeating it is harmless."""
+        self._add_tombstones(record_hashes, "record", request_id)
+
+    def record_tombstones(self) -> frozenset[str]:
+        return self._tombstones("record")
+
+    # Certificates
+
+    def save_certificate(self, request_id: str, certificate: dict) -> None:
+        """Keep the latest certificate: re-processing a request replaces the old one."""
+        body = _dump(certificate, "certificate")
+        with self._write() as db:
+            self._get(db, request_id)
+            db.execute(
+                "INSERT INTO certificates (request_id, body, saved_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (request_id) DO UPDATE SET body = excluded.body, "
+                "saved_at = excluded.saved_at",
+                (request_id, body, _now()),
+            )
+
+    def certificate(self, request_id: str) -> dict | None:
+        row = self._db().execute(
+            "SELECT body FROM certificates WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return None if row is None else json.loads(row["body"])

@@ -1,0 +1,88 @@
+"""Register a trained ensemble and decide its aliases.
+
+`register` logs the run and the model version with its audit (tags for machines, a
+markdown description for people); `promote` moves `candidate` to it and `champion` only
+when every gate passed and no approval is pending. A blocked version says why in its
+tags, so a reviewer in the MLflow UI needs to run nothing.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from oblivio import tracking
+from oblivio.audit.gates import AuditContext, GateResult, all_passed, evaluate_gates
+from oblivio.config import params_as_flat_dict
+from oblivio.report import render_version_report
+from oblivio.workspace import Workspace
+
+
+def git_commit(root: Path) -> str:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else "uncommitted"
+
+
+def champion_metrics(ws: Workspace) -> tuple[str | None, dict | None]:
+    version = tracking.alias_version(ws.mlflow, ws.mlflow.champion_alias)
+    return (version, tracking.metrics_of(ws.mlflow, version)) if version else (None, None)
+
+
+def register(root: Path, run: dict) -> dict:
+    """Audit against the gates, log to MLflow, register the version; returns its identity and verdicts.
+
+    `run` holds the step summaries: ingest, data (DVC hashes), shards, metrics, requests.
+    """
+    ws = Workspace(root)
+    cfg = ws.mlflow
+    champion_version, champion = champion_metrics(ws)
+    gates = evaluate_gates(AuditContext(metrics=run["metrics"], champion=champion, gates=ws.params.gates))
+    hashes = run["data"]
+    dataset = {
+        "version": hashes.get("data/shards", ""), "uri": ws.shards_dir.as_uri(),
+        "holdout_version": hashes.get("data/holdout.parquet", ""), "holdout_uri": ws.holdout_path.as_uri(),
+    }
+    ids = tracking.log_pipeline_run(
+        cfg, run_name=run["run_name"], params=params_as_flat_dict(ws.params),
+        tags={"oblivio.trigger": run.get("trigger", "manual"), "oblivio.git_commit": git_commit(ws.root),
+              "oblivio.dataset_version": dataset["version"], "oblivio.models_version": hashes.get("models", "")},
+        dataset=dataset, shards=run["shards"], metrics=run["metrics"], models_dir=ws.models_dir,
+        features=list(ws.params.data.columns.features), labels=list(ws.params.data.label_domain),
+        artifacts={name: ws.reports_dir / name for name in ("metrics.json",) if (ws.reports_dir / name).exists()},
+    )
+    summary = {
+        "model_version": ids["model_version"], "run_id": ids["run_id"], "dataset_version": dataset["version"],
+        "n_records": run["ingest"]["n_records"], "n_subjects": run["ingest"]["n_subjects"],
+        "n_shards": ws.params.sisa.shards, "n_slices": ws.params.sisa.slices, "metrics": run["metrics"],
+        "gates": {name: g.to_json() for name, g in gates.items()},
+        "champion_before": champion_version, "champion_metrics": champion,
+        "requests": run.get("requests", []),
+    }
+    tracking.version_tags(cfg, ids["model_version"], {
+        "oblivio.metrics": json.dumps(run["metrics"], sort_keys=True),
+        "oblivio.gates": json.dumps(summary["gates"], sort_keys=True),
+        "oblivio.dataset_version": dataset["version"],
+        "oblivio.gates_passed": str(all_passed(gates)).lower(),
+        **{f"gate.{name}": "passed" if g.passed else "FAILED" for name, g in gates.items()},
+    }, description=render_version_report(summary))
+    return summary
+
+
+def promote(root: Path, registered: dict) -> dict:
+    """Move `candidate` to the new version; `champion` too when it earned it."""
+    ws = Workspace(root)
+    cfg = ws.mlflow
+    version = registered["model_version"]
+    gates = {name: GateResult(**g) for name, g in registered["gates"].items()}
+    tracking.set_alias(cfg, cfg.candidate_alias, version)
+    failed = [name for name, g in gates.items() if not g.passed]
+    if failed:
+        decision = f"blocked: gate(s) {', '.join(failed)} failed"
+    elif ws.params.gates.require_approval:
+        decision = "awaiting approval (`oblivio approve VERSION --by NAME`)"
+    else:
+        tracking.set_alias(cfg, cfg.champion_alias, version)
+        decision = "promoted to champion"
+    tracking.version_tags(cfg, version, {"oblivio.promotion": decision})
+    aliases = tracking.version_info(cfg, version)["aliases"]
+    return {"aliases": sorted(aliases), "promoted": cfg.champion_alias in aliases, "decision": decision}

@@ -1,0 +1,1 @@
+"""Serving: the ensemble as an MLflow pyfunc model."""

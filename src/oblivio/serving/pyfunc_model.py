@@ -1,0 +1,32 @@
+"""The registered model: an MLflow pyfunc "model from code".
+
+MLflow logs this file and the models directory (state dicts and manifest) as artifacts;
+no pickle of Python objects is written, and the weights are checked against the
+manifest's hashes when the model loads.
+"""
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class OblivioEnsembleModel(PythonModel):
+    def load_context(self, context):
+        from oblivio.ensemble import Ensemble
+
+        self.models_dir = Path(context.artifacts["models"])
+        self.ensemble = Ensemble.load(self.models_dir)
+        import json
+
+        self.labels = json.loads((self.models_dir / "manifest.json").read_text())["labels"]
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        raw = model_input[list(self.ensemble.features)].to_numpy(dtype="float64")
+        proba = self.ensemble.predict_proba(raw)
+        out = pd.DataFrame({f"proba_{label}": proba[:, i] for i, label in enumerate(self.labels)})
+        out.insert(0, "prediction", [self.labels[i] for i in proba.argmax(axis=1)])
+        return out
+
+
+mlflow.models.set_model(OblivioEnsembleModel())

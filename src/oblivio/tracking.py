@@ -1,0 +1,152 @@
+"""The only module that imports MLflow (lazily: it costs ~2 s).
+
+One parent run per pipeline run, a child run per shard, the ensemble logged as a pyfunc
+model from code and registered; aliases `candidate` and `champion` carry the promotion
+decision, tags carry the machine-readable audit, the description the human one.
+No training row is logged anywhere (no input examples); datasets are logged by their
+DVC hash and schema only.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from oblivio.config import MlflowConfig
+
+PYFUNC_FILE = Path(__file__).parent / "serving" / "pyfunc_model.py"
+
+
+def _mlflow(cfg: MlflowConfig):
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_registry_uri(cfg.registry_uri)
+    return mlflow
+
+
+def client(cfg: MlflowConfig):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri)
+
+
+def ensure_experiment(cfg: MlflowConfig) -> str:
+    """Create the experiment (with its artifact location) once, before any parallel writer."""
+    mlflow = _mlflow(cfg)
+    exp = mlflow.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    return mlflow.create_experiment(cfg.experiment, artifact_location=Path(cfg.artifact_location).as_uri()
+                                    if "://" not in cfg.artifact_location else cfg.artifact_location)
+
+
+def _dataset(name: str, digest: str, uri: str, columns: list[str]):
+    from mlflow.data.http_dataset_source import HTTPDatasetSource  # noqa: F401  (registers source types)
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.types import ColSpec, Schema
+
+    schema = Schema([ColSpec("double", c) for c in columns])
+    return MetaDataset(source=resolve_dataset_source(uri), name=name, digest=digest[:36], schema=schema)
+
+
+def model_signature(features: list[str], labels: list):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    outputs = Schema([ColSpec("string" if isinstance(labels[0], str) else "long", "prediction"),
+                      *[ColSpec("double", f"proba_{lab}") for lab in labels]])
+    return ModelSignature(inputs=Schema([ColSpec("double", f) for f in features]), outputs=outputs)
+
+
+def _requirements() -> list[str]:
+    import mlflow
+    import numpy
+    import pandas
+    import torch
+
+    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+            f"numpy=={numpy.__version__}", f"pandas=={pandas.__version__}"]
+
+
+def numeric_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Flatten nested metric dicts to MLflow's `a.b` keys, keeping numbers only."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(numeric_metrics(value, name + "."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def log_pipeline_run(cfg: MlflowConfig, *, run_name: str, params: dict[str, Any], tags: dict[str, str],
+                     dataset: dict, shards: list[dict], metrics: dict, models_dir: Path,
+                     features: list[str], labels: list, artifacts: dict[str, Path] | None = None) -> dict:
+    """Log the parent run, per-shard child runs and the registered ensemble; returns ids."""
+    import oblivio
+
+    mlflow = _mlflow(cfg)
+    experiment_id = ensure_experiment(cfg)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as parent:
+        mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()})
+        mlflow.set_tags(tags)
+        mlflow.log_input(_dataset("train-shards", dataset["version"], dataset["uri"], features), context="training")
+        mlflow.log_input(_dataset("holdout", dataset["holdout_version"], dataset["holdout_uri"], features),
+                         context="evaluation")
+        mlflow.log_metrics(numeric_metrics(metrics))
+        for path in (artifacts or {}).values():
+            mlflow.log_artifact(str(path))
+        for shard in shards:
+            with mlflow.start_run(experiment_id=experiment_id, run_name=shard["shard"], nested=True):
+                mlflow.log_metrics({
+                    "n_records": shard["n_records"], "slices_trained": len(shard["slices_trained"]),
+                    "slices_reused": len(shard["slices_reused"]), "train_seconds": shard["seconds"],
+                    **({"accuracy": metrics["shard_accuracy"][shard["index"]]} if "shard_accuracy" in metrics else {}),
+                })
+                mlflow.set_tags({"oblivio.weights_sha256": shard["weights_sha256"],
+                                 "oblivio.final_checkpoint": shard["chain"][-1]})
+        info = mlflow.pyfunc.log_model(
+            name="ensemble", python_model=str(PYFUNC_FILE), artifacts={"models": str(models_dir)},
+            code_paths=[str(Path(oblivio.__file__).parent)], pip_requirements=_requirements(),
+            signature=model_signature(features, labels), registered_model_name=cfg.model_name,
+            await_registration_for=0,
+        )
+    return {"run_id": parent.info.run_id, "model_version": str(info.registered_model_version),
+            "model_uri": info.model_uri}
+
+
+def version_tags(cfg: MlflowConfig, version: str, tags: dict[str, str], description: str | None = None) -> None:
+    c = client(cfg)
+    for key, value in tags.items():
+        c.set_model_version_tag(cfg.model_name, version, key, str(value))
+    if description is not None:
+        c.update_model_version(cfg.model_name, version, description=description)
+
+
+def alias_version(cfg: MlflowConfig, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(cfg).get_model_version_by_alias(cfg.model_name, alias).version
+    except MlflowException:
+        return None
+
+
+def set_alias(cfg: MlflowConfig, alias: str, version: str) -> None:
+    client(cfg).set_registered_model_alias(cfg.model_name, alias, version)
+
+
+def version_info(cfg: MlflowConfig, version: str) -> dict:
+    """A model version's tags, description and aliases (what a reviewer sees)."""
+    mv = client(cfg).get_model_version(cfg.model_name, version)
+    return {"version": mv.version, "tags": dict(mv.tags), "description": mv.description or "",
+            "aliases": list(mv.aliases), "run_id": mv.run_id, "source": mv.source}
+
+
+def metrics_of(cfg: MlflowConfig, version: str) -> dict:
+    """The audit summary stored on a version (tag `oblivio.metrics`)."""
+    tags = version_info(cfg, version)["tags"]
+    return json.loads(tags.get("oblivio.metrics", "{}"))

@@ -1,0 +1,1 @@
+"""Training: networks, the deterministic loop, SISA slices and checkpoints."""

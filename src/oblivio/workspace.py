@@ -1,0 +1,168 @@
+"""Where everything of one workspace lives, and how a new one is made.
+
+A workspace is a directory with `params.yaml`, `mlflow.yaml`, `dvc.yaml` and a DVC
+repository. All state (data, checkpoints, ledger, MLflow store, Prefect home) lives
+inside it, so erasing a person has one place to search, and purging one place to clean.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+from oblivio.config import MlflowConfig, Params, load_mlflow_config, load_params
+from oblivio.errors import WorkspaceError
+from oblivio.keys import load_or_create_secret
+
+MARKERS = ("params.yaml", "mlflow.yaml", "dvc.yaml")
+TEMPLATE_FILES = {"params.yaml": "params.yaml", "mlflow.yaml": "mlflow.yaml", "dvc.yaml": "dvc.yaml", "gitignore": ".gitignore"}
+DVC_REMOTE = ".oblivio/dvc-remote"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    # --- locations -------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".oblivio"
+
+    @property
+    def secret_path(self) -> Path:
+        return self.state_dir / "secret"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "ledger.db"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.state_dir / "prefect"
+
+    @property
+    def dvc_remote(self) -> Path:
+        return self.root / DVC_REMOTE
+
+    @property
+    def shards_dir(self) -> Path:
+        """Training data, one Parquet partition per shard (`shard=K/part.parquet`)."""
+        return self.root / "data" / "shards"
+
+    @property
+    def holdout_path(self) -> Path:
+        return self.root / "data" / "holdout.parquet"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Content-addressed slice checkpoints: the SISA memo table."""
+        return self.root / "checkpoints"
+
+    @property
+    def models_dir(self) -> Path:
+        """Final shard weights and their manifests (a DVC output)."""
+        return self.root / "models"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def certificates_dir(self) -> Path:
+        return self.root / "certificates"
+
+    # --- configuration ---------------------------------------------------
+    @cached_property
+    def params(self) -> Params:
+        return load_params(self.root / "params.yaml")
+
+    @cached_property
+    def mlflow(self) -> MlflowConfig:
+        return load_mlflow_config(self.root / "mlflow.yaml", self.root)
+
+    @cached_property
+    def secret(self) -> bytes:
+        return load_or_create_secret(self.secret_path)
+
+    # --- discovery -------------------------------------------------------
+    @classmethod
+    def find(cls, start: Path | None = None) -> "Workspace":
+        """The workspace containing `start` (default: the current directory)."""
+        start = (start or Path.cwd()).resolve()
+        for candidate in (start, *start.parents):
+            if all((candidate / m).is_file() for m in MARKERS) and (candidate / ".dvc").is_dir():
+                return cls(candidate)
+        raise WorkspaceError(
+            f"{start} is not inside an Oblivio workspace (no directory above it holds "
+            f"{', '.join(MARKERS)} and .dvc/). Run `oblivio init DIR` to create one, or cd into one."
+        )
+
+    def environment(self) -> dict[str, str]:
+        """Variables that keep Prefect, MLflow, DVC and GX local, quiet and offline."""
+        return {
+            "PREFECT_HOME": str(self.prefect_home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+            "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+            "DO_NOT_TRACK": "true",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "GX_ANALYTICS_ENABLED": "false",
+            "DVC_NO_ANALYTICS": "true",
+        }
+
+
+def template_text(name: str) -> str:
+    return resources.files("oblivio.templates").joinpath(name).read_text()
+
+
+def init_workspace(target: Path, *, source: str | None = None) -> Workspace:
+    """Scaffold a workspace: config files, git + DVC repositories, local remote, secret."""
+    target = target.resolve()
+    if target.exists() and any((target / m).exists() for m in MARKERS):
+        raise WorkspaceError(f"{target} already holds an Oblivio workspace; use it, or choose an empty directory.")
+    target.mkdir(parents=True, exist_ok=True)
+    for template, dest in TEMPLATE_FILES.items():
+        text = template_text(template)
+        if template == "params.yaml" and source:
+            text = text.replace("source: builtin:nlswork", f"source: {source}", 1)
+        (target / dest).write_text(text)
+    try:
+        if not (target / ".git").exists():
+            _run(["git", "init", "-q"], target)
+        ensure_dvc(target)
+    except Exception:
+        shutil.rmtree(target / ".dvc", ignore_errors=True)
+        raise
+    ws = Workspace(target)
+    _ = ws.secret
+    return ws
+
+
+def ensure_dvc(root: Path) -> None:
+    """`dvc init` with autostage, no analytics and the workspace-local default remote."""
+    if not (root / ".dvc").is_dir():
+        _run(["dvc", "init", "-q"], root)
+    _run(["dvc", "config", "core.autostage", "true"], root)
+    _run(["dvc", "config", "core.analytics", "false"], root)
+    _run(["dvc", "remote", "add", "-f", "-d", "local", DVC_REMOTE], root)  # DVC stores it relative to .dvc/
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    exe = shutil.which(cmd[0]) or _venv_tool(cmd[0])
+    result = subprocess.run([exe, *cmd[1:]], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise WorkspaceError(f"`{' '.join(cmd)}` failed in {cwd}: {result.stderr.strip() or result.stdout.strip()}")
+
+
+def _venv_tool(name: str) -> str:
+    """Tools installed beside the running interpreter (the venv's `dvc`), even if not on PATH."""
+    import sys
+
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    raise WorkspaceError(f"`{name}` is not installed. Run `make install` (or pip install the project) first.")

@@ -1,0 +1,59 @@
+"""Tasks of the training pipeline.
+
+No task caches its result (`NO_CACHE`): a cached result would be a copy in Prefect's
+storage that a later erasure would have to find.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from oblivio import lineage, pipeline, registry
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest(root: str) -> dict:
+    return pipeline.ingest(Path(root))
+
+
+@task(name="version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def version(root: str, stages: list[str]) -> dict:
+    return lineage.record(Path(root), stages)
+
+
+@task(name="train-shard", cache_policy=NO_CACHE)
+def train_shard(root: str, shard: int, from_scratch: bool = False) -> dict:
+    return pipeline.train_one_shard(Path(root), shard, progress, resume=not from_scratch)
+
+
+@task(name="train-baseline", cache_policy=NO_CACHE)
+def train_baseline(root: str, from_scratch: bool = False) -> dict:
+    return pipeline.train_baseline(Path(root), progress, resume=not from_scratch)
+
+
+@task(name="publish-models", cache_policy=NO_CACHE)
+def publish_models(root: str, shard_results: list[dict]) -> dict:
+    return pipeline.publish_models(Path(root), shard_results)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(root: str, baseline: dict | None) -> dict:
+    return pipeline.evaluate(Path(root), baseline)
+
+
+@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def register(root: str, run: dict) -> dict:
+    return registry.register(Path(root), run)
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote(root: str, registered: dict) -> dict:
+    return registry.promote(Path(root), registered)
+
