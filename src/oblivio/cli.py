@@ -28,8 +28,22 @@ def _workspace(args):
     ws = Workspace.find(Path(args.workspace) if args.workspace else None)
     _ = ws.params, ws.mlflow  # validate both files before anything starts
     os.environ.update(ws.environment())
+    _quiet_libraries()
     _ = ws.secret
     return ws
+
+
+def _quiet_libraries() -> None:
+    """Progress bars and advice from MLflow and GX are noise in a pipeline's output."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="mlflow")
+    warnings.filterwarnings("ignore", message=".*input example.*")
+    warnings.filterwarnings("ignore", message=".*dataset source can be interpreted.*")
 
 
 def _runner(ws, args):
@@ -50,15 +64,17 @@ def cmd_init(args) -> int:
 
 
 def cmd_run(args) -> int:
+    began = time.perf_counter()
     ws = _workspace(args)
     from oblivio import tracking
     from flows.pipeline import training_pipeline
+    from flows.server import prefect_api
 
     tracking.ensure_experiment(ws.mlflow)
-    began = time.perf_counter()
-    flow = training_pipeline.with_options(task_runner=_runner(ws, args))
-    result = flow(str(ws.root), ws.params.sisa.shards, baseline=ws.params.report.baseline and not args.no_baseline,
-                  from_scratch=args.from_scratch, trigger=args.trigger)
+    with prefect_api():
+        flow = training_pipeline.with_options(task_runner=_runner(ws, args))
+        result = flow(str(ws.root), ws.params.sisa.shards, from_scratch=args.from_scratch, trigger=args.trigger,
+                      baseline=ws.params.report.baseline and not args.no_baseline)
     result["model_name"] = ws.mlflow.model_name
     result["seconds"] = time.perf_counter() - began
     from oblivio.report import render_run_summary

@@ -124,7 +124,7 @@ class MlflowConfig:
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is tuple:
-        return f"a list of {_describe(typing.get_args(tp)[0])}s"
+        return f"a list of {_describe(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
@@ -211,8 +211,7 @@ def _raise_if(errors: list[str], path: Path) -> None:
 def parse_params(raw: Any, path: Path = Path("params.yaml")) -> Params:
     errors: list[str] = []
     params = _build(Params, raw, "", errors)
-    if not errors:
-        _check_ranges(params, errors)
+    _check_ranges(params, errors)  # on the values that parsed; the others kept their defaults
     _raise_if(errors, path)
     return params
 

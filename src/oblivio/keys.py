@@ -18,7 +18,10 @@ SECRET_BYTES = 32
 def load_or_create_secret(path: Path) -> bytes:
     """Read the workspace secret, creating it owner-only (0600) on first use."""
     if path.exists():
-        data = bytes.fromhex(path.read_text().strip())
+        try:
+            data = bytes.fromhex(path.read_text().strip())
+        except ValueError:
+            data = b""
         if len(data) != SECRET_BYTES:
             from oblivio.errors import WorkspaceError
 

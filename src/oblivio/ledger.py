@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +41,8 @@ _TRANSITIONS = {
 }
 _ACTIONABLE = ("pending", "failed", "applied")
 _HASH = re.compile(r"[0-9a-f]{64}")
+# How long a writer waits for another process's lock before giving up.
+_LOCK_TIMEOUT_S = 60
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS requests (
@@ -179,7 +183,26 @@ def _clean_hashes(hashes: Iterable[str], role: str) -> tuple[str, ...]:
     return tuple(sorted(cleaned))
 
 
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL mode, retrying while another process holds a lock.
+
+    The switch needs an exclusive lock, and SQLite reports "database is locked" at once
+    (without its busy timeout, to avoid a deadlock) when processes open a fresh file
+    together; once the file is in WAL mode the pragma takes no such lock.
+    """
+    deadline = time.monotonic() + _LOCK_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
+
+
 def _dump(obj: dict, what: str) -> str:
+    """JSON text for storage; sorted keys keep identical content byte-identical."""
     if not isinstance(obj, dict):
         raise TypeError(f"{what} must be a dict, not {type(obj).__name__}")
     return json.dumps(obj, sort_keys=True)
@@ -209,20 +232,20 @@ class Ledger:
         locks), so it is abandoned there, not closed, and a fresh one is opened.
         """
         if self._conn is None or self._pid != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=60000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("BEGIN IMMEDIATE")
+            conn = sqlite3.connect(self.path, timeout=_LOCK_TIMEOUT_S, isolation_level=None)
             try:
+                conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout={_LOCK_TIMEOUT_S * 1000}")
+                _enable_wal(conn)
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute("BEGIN IMMEDIATE")
                 for statement in _SCHEMA:
                     conn.execute(statement)
+                conn.execute("COMMIT")
             except BaseException:
                 conn.close()
                 raise
-            conn.execute("COMMIT")
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 

@@ -21,7 +21,7 @@ from oblivio.data.sharding import (
     RECORD_KEY, SHARD, SLICE, SUBJECT_KEY, place, read_holdout, read_shard, record_key, subject_key, write_dataset,
 )
 from oblivio.data.sources import load_source
-from oblivio.data.validate import check_columns, validate
+from oblivio.data.validate import check_columns, numpy_numeric, validate
 from oblivio.ensemble import MANIFEST, Ensemble, aggregate, shard_file
 from oblivio.errors import DataError
 from oblivio.keys import keyed_int
@@ -82,6 +82,7 @@ def ingest(root: Path) -> dict:
     cols = params.data.columns
     df = load_source(params.data.source, ws.root)
     check_columns(df, params.data)
+    df = numpy_numeric(df, cols.features)
     if params.data.limit_subjects:
         df = _limit_subjects(df, cols.subject_id, params.data.limit_subjects, ws.secret)
     erased_subjects, erased_records = tombstones(ws)

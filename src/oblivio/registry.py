@@ -23,7 +23,7 @@ def git_commit(root: Path) -> str:
     return result.stdout.strip() if result.returncode == 0 else "uncommitted"
 
 
-def champion_metrics(ws: Workspace) -> tuple[str | None, dict | None]:
+def champion_metrics(ws: Workspace) -> tuple[int | None, dict | None]:
     version = tracking.alias_version(ws.mlflow, ws.mlflow.champion_alias)
     return (version, tracking.metrics_of(ws.mlflow, version)) if version else (None, None)
 

@@ -114,11 +114,11 @@ def log_pipeline_run(cfg: MlflowConfig, *, run_name: str, params: dict[str, Any]
             signature=model_signature(features, labels), registered_model_name=cfg.model_name,
             await_registration_for=0,
         )
-    return {"run_id": parent.info.run_id, "model_version": str(info.registered_model_version),
+    return {"run_id": parent.info.run_id, "model_version": int(info.registered_model_version),
             "model_uri": info.model_uri}
 
 
-def version_tags(cfg: MlflowConfig, version: str, tags: dict[str, str], description: str | None = None) -> None:
+def version_tags(cfg: MlflowConfig, version: int, tags: dict[str, str], description: str | None = None) -> None:
     c = client(cfg)
     for key, value in tags.items():
         c.set_model_version_tag(cfg.model_name, version, key, str(value))
@@ -126,27 +126,27 @@ def version_tags(cfg: MlflowConfig, version: str, tags: dict[str, str], descript
         c.update_model_version(cfg.model_name, version, description=description)
 
 
-def alias_version(cfg: MlflowConfig, alias: str) -> str | None:
+def alias_version(cfg: MlflowConfig, alias: str) -> int | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client(cfg).get_model_version_by_alias(cfg.model_name, alias).version
+        return int(client(cfg).get_model_version_by_alias(cfg.model_name, alias).version)
     except MlflowException:
         return None
 
 
-def set_alias(cfg: MlflowConfig, alias: str, version: str) -> None:
+def set_alias(cfg: MlflowConfig, alias: str, version: int) -> None:
     client(cfg).set_registered_model_alias(cfg.model_name, alias, version)
 
 
-def version_info(cfg: MlflowConfig, version: str) -> dict:
+def version_info(cfg: MlflowConfig, version: int) -> dict:
     """A model version's tags, description and aliases (what a reviewer sees)."""
     mv = client(cfg).get_model_version(cfg.model_name, version)
-    return {"version": mv.version, "tags": dict(mv.tags), "description": mv.description or "",
+    return {"version": int(mv.version), "tags": dict(mv.tags), "description": mv.description or "",
             "aliases": list(mv.aliases), "run_id": mv.run_id, "source": mv.source}
 
 
-def metrics_of(cfg: MlflowConfig, version: str) -> dict:
+def metrics_of(cfg: MlflowConfig, version: int) -> dict:
     """The audit summary stored on a version (tag `oblivio.metrics`)."""
     tags = version_info(cfg, version)["tags"]
     return json.loads(tags.get("oblivio.metrics", "{}"))

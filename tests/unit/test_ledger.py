@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import queue
 import re
 from pathlib import Path
 
@@ -219,7 +220,7 @@ PER_WORKER = 50
 
 def _submit_many(path: Path, worker: int, start, results) -> None:
     """Runs in a spawned process: its own Ledger, distinct requests plus one shared."""
-    start.wait()
+    start.wait(timeout=60)
     ledger = Ledger(path)
     ids = []
     shared = None
@@ -238,12 +239,23 @@ def test_concurrent_writers_record_everything_once(tmp_path: Path) -> None:
     procs = [
         ctx.Process(target=_submit_many, args=(path, w, start, results)) for w in range(WORKERS)
     ]
-    for proc in procs:
-        proc.start()
-    outputs = [results.get(timeout=60) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
+    outputs = []
+    try:
+        for proc in procs:
+            proc.start()
+        while len(outputs) < WORKERS:
+            try:
+                outputs.append(results.get(timeout=1))
+            except queue.Empty:
+                crashed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                assert not crashed, f"a writer crashed (exit codes {crashed}); see its stderr"
+        for proc in procs:
+            proc.join(timeout=30)
+            assert proc.exitcode == 0
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
 
     distinct_ids = [i for ids, _, _ in outputs for i in ids]
     shared_ids = {shared_id for _, shared_id, _ in outputs}

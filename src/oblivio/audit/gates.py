@@ -30,6 +30,8 @@ class AuditContext:
     gates: GateParams
 
 
+TOLERANCE = 1e-9  # accuracies are ratios of counts: a drop "equal" to the allowance must pass
+
 Gate = Callable[[AuditContext], GateResult | None]
 GATES: dict[str, Gate] = {}
 
@@ -45,7 +47,7 @@ def gate(name: str) -> Callable[[Gate], Gate]:
 @gate("min_accuracy")
 def _min_accuracy(ctx: AuditContext) -> GateResult:
     value, threshold = ctx.metrics["accuracy"], ctx.gates.min_accuracy
-    passed = value >= threshold
+    passed = value >= threshold - TOLERANCE
     return GateResult(passed, value, threshold, f"held-out accuracy {value:.4f} {'>=' if passed else '<'} {threshold}")
 
 
@@ -55,7 +57,7 @@ def _no_regression(ctx: AuditContext) -> GateResult | None:
         return None
     delta = ctx.metrics["accuracy"] - ctx.champion["accuracy"]
     threshold = -ctx.gates.max_accuracy_regression
-    passed = delta >= threshold
+    passed = delta >= threshold - TOLERANCE
     return GateResult(passed, delta, threshold,
                       f"accuracy {delta:+.4f} vs champion ({ctx.champion['accuracy']:.4f}); allowed drop {-threshold}")
 

@@ -68,13 +68,15 @@ def _write_table(df: pd.DataFrame, path: Path) -> None:
 
 
 def write_dataset(train: pd.DataFrame, holdout: pd.DataFrame, *, shards_dir: Path, holdout_path: Path, shards: int) -> None:
-    """Replace the partitioned dataset atomically (a crash leaves the old one whole).
+    """Replace the partitioned dataset and the holdout file together.
 
-    A partition whose rows did not change keeps its file untouched, so DVC stores new
-    bytes only for shards that changed.
+    An exception leaves the old dataset whole (the old shards are restored); after a
+    hard crash the next ingest rewrites both from the source. A partition whose rows did
+    not change keeps its file untouched, so DVC stores new bytes only for changed shards.
     """
     shards_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=shards_dir.parent))
+    previous = shards_dir.with_name(f".{shards_dir.name}.old")
     try:
         new_dir = staging / "shards"
         new_dir.mkdir()
@@ -88,10 +90,20 @@ def write_dataset(train: pd.DataFrame, holdout: pd.DataFrame, *, shards_dir: Pat
             else:
                 _write_table(part, dest)
         _write_table(holdout, staging / "holdout.parquet")
-        _swap_dir(new_dir, shards_dir)
-        os.replace(staging / "holdout.parquet", holdout_path)
+        shutil.rmtree(previous, ignore_errors=True)
+        if shards_dir.exists():
+            os.replace(shards_dir, previous)
+        try:
+            os.replace(new_dir, shards_dir)
+            os.replace(staging / "holdout.parquet", holdout_path)
+        except BaseException:
+            if previous.exists():
+                shutil.rmtree(shards_dir, ignore_errors=True)
+                os.replace(previous, shards_dir)
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def _same_rows(path: Path, df: pd.DataFrame) -> bool:
@@ -100,16 +112,6 @@ def _same_rows(path: Path, df: pd.DataFrame) -> bool:
     except Exception:
         return False
     return old.shape == df.shape and list(old.columns) == list(df.columns) and old.equals(df)
-
-
-def _swap_dir(new: Path, dest: Path) -> None:
-    """Put `new` at `dest`; the previous directory is removed only after the rename."""
-    trash = dest.with_name(f".{dest.name}.old")
-    shutil.rmtree(trash, ignore_errors=True)
-    if dest.exists():
-        os.replace(dest, trash)
-    os.replace(new, dest)
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def read_shard(shards_dir: Path, shard: int) -> pd.DataFrame:
@@ -123,5 +125,8 @@ def read_holdout(holdout_path: Path) -> pd.DataFrame:
 def rewrite_partition(path: Path, keep: pd.DataFrame) -> None:
     """Atomically replace one partition file with the rows to keep."""
     tmp = path.with_name(f".{path.name}.tmp")
-    _write_table(keep, tmp)
-    os.replace(tmp, path)
+    try:
+        _write_table(keep, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

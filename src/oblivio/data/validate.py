@@ -12,7 +12,20 @@ import pandas as pd
 from oblivio.config import DataParams
 from oblivio.errors import DataError, ValidationFailed
 
-NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "Int64", "float32", "float64", "Float64", "uint8", "bool"]
+NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                 "float16", "float32", "float64", "bool"]
+
+
+def numpy_numeric(df: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Nullable pandas numbers (Int64, Float64, boolean; Parquet gives them) as float64.
+
+    The model reads floats anyway, and GX's type check knows numpy dtypes only.
+    """
+    nullable = [c for c in columns if isinstance(df[c].dtype, pd.api.extensions.ExtensionDtype)
+                and pd.api.types.is_numeric_dtype(df[c].dtype)]
+    if not nullable:
+        return df
+    return df.assign(**{c: df[c].astype("float64") for c in nullable})
 
 
 def check_columns(df: pd.DataFrame, data: DataParams) -> None:
@@ -51,7 +64,12 @@ def validate(df: pd.DataFrame, data: DataParams) -> dict:
     Returns a summary (`evaluated`, `passed`) for the run record.
     """
     check_columns(df, data)
+    df = numpy_numeric(df, data.columns.features)
+    import logging
+
     import great_expectations as gx
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # no INFO chatter per validation
 
     from great_expectations.data_context.types.base import ProgressBarsConfig
 

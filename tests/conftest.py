@@ -1,0 +1,76 @@
+"""Shared helpers: real workspaces driven through the real `oblivio` command."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+OBLIVIO = str(Path(sys.executable).parent / "oblivio")
+
+
+def cli(ws: Path | None, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `oblivio ARGS` in `ws` as a user would; `check` asserts exit 0 and shows stderr if not."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run([OBLIVIO, *args], cwd=ws, capture_output=True, text=True, env=full_env, timeout=600)
+    if check:
+        assert proc.returncode == 0, f"oblivio {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def cli_json(ws: Path, *args: str) -> dict:
+    return json.loads(cli(ws, *args, "--json").stdout)
+
+
+def synthetic_table(n_subjects: int = 240, seed: int = 0) -> pd.DataFrame:
+    """A learnable table with the shape of real data: several rows per person."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_subjects):
+        for j in range(int(rng.integers(1, 5))):
+            a, b, c = rng.normal(size=3)
+            rows.append({"rid": f"r{s}-{j}", "person": 100000 + s, "y": int(a + 0.5 * b > 0), "a": a, "b": b, "c": c})
+    return pd.DataFrame(rows)
+
+
+FAST = {
+    "sisa": {"shards": 3, "slices": 2},
+    "train": {"hidden": [16], "epochs_per_slice": 2, "batch_size": 32},
+    "report": {"baseline": False},
+    "executor": {"kind": "thread", "max_workers": 2},
+    "gates": {"min_accuracy": 0.5},
+}
+
+
+def set_params(ws: Path, updates: dict) -> None:
+    path = ws / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in updates.items():
+        if isinstance(values, dict):
+            params.setdefault(section, {}).update(values)
+        else:
+            params[section] = values
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def csv_workspace(root: Path, table: pd.DataFrame | None = None, **extra) -> Path:
+    """A workspace on a user CSV file, small enough to train in seconds."""
+    ws = root / "ws"
+    cli(None, "init", str(ws))
+    (table if table is not None else synthetic_table()).to_csv(ws / "table.csv", index=False)
+    set_params(ws, {**FAST, "data": {"source": "table.csv", "min_rows": 50,
+                                     "columns": {"record_id": "rid", "subject_id": "person", "label": "y",
+                                                 "features": ["a", "b", "c"]}}, **extra})
+    return ws
+
+
+@pytest.fixture
+def make_csv_workspace(tmp_path):
+    return lambda **kw: csv_workspace(tmp_path, **kw)

@@ -1,0 +1,154 @@
+"""The whole pipeline through the real CLI: Prefect, GX, DVC and an MLflow sqlite registry."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import cli, cli_json, csv_workspace
+
+pytestmark = pytest.mark.integration
+
+CONTRACT = {"model_name", "model_version", "aliases", "promoted", "dataset_version", "n_records", "n_subjects",
+            "n_shards", "n_slices", "metrics", "gates", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    ws = csv_workspace(tmp_path_factory.mktemp("pipeline"))
+    first = cli_json(ws, "run")
+    return ws, first
+
+
+def mlflow_client(ws):
+    from oblivio.workspace import Workspace
+    from oblivio.tracking import client
+
+    cfg = Workspace(ws).mlflow
+    return client(cfg), cfg
+
+
+def test_run_prints_the_json_contract(trained):
+    _, result = trained
+    assert CONTRACT <= result.keys()
+    assert result["promoted"] is True and {"candidate", "champion"} <= set(result["aliases"])
+    assert (result["n_shards"], result["n_slices"]) == (3, 2)
+    assert 0.5 < result["metrics"]["accuracy"] <= 1.0
+    assert result["gates"]["min_accuracy"]["passed"] is True
+
+
+def test_registry_holds_the_version_with_lineage(trained):
+    ws, result = trained
+    c, cfg = mlflow_client(ws)
+    champion = c.get_model_version_by_alias(cfg.model_name, "champion")
+    assert int(champion.version) == result["model_version"]
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
+    shards_md5 = {o["path"]: o["md5"] for o in lock["stages"]["ingest"]["outs"]}["data/shards"]
+    assert result["dataset_version"] == shards_md5 and champion.tags["oblivio.dataset_version"] == shards_md5
+    run = c.get_run(champion.run_id)
+    digests = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
+    assert shards_md5.startswith(digests["train-shards"])
+    assert run.data.tags["oblivio.git_commit"]
+    assert float(run.data.params["sisa.shards"]) == 3
+    children = c.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert sorted(r.info.run_name for r in children) == ["shard-0", "shard-1", "shard-2"]
+    assert "min_accuracy" in champion.description and f"v{result['model_version']}" in champion.description
+
+
+def test_registered_model_serves_and_matches_the_ensemble(trained):
+    import mlflow.pyfunc
+
+    from oblivio.data.sharding import read_holdout
+    from oblivio.ensemble import Ensemble
+
+    ws, _ = trained
+    _, cfg = mlflow_client(ws)
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@champion")
+    holdout = read_holdout(ws / "data" / "holdout.parquet")
+    served = model.predict(holdout[["a", "b", "c"]])
+    direct = Ensemble.load(ws / "models").predict_proba(holdout[["a", "b", "c"]].to_numpy("float64"))
+    assert list(served["prediction"]) == list(direct.argmax(1))
+    artifacts = list((ws / "mlartifacts").rglob("*"))
+    assert not [p for p in artifacts if "input_example" in p.name], "training rows must not be logged"
+    assert not [p for p in artifacts if p.suffix in (".pkl", ".pickle")]
+
+
+def test_dvc_tracks_data_and_models(trained):
+    ws, _ = trained
+    dag = cli(None, "--help")  # the CLI itself stays importable without the heavy stack
+    assert "forget" in dag.stdout or "run" in dag.stdout
+    from oblivio import lineage
+
+    hashes = lineage.output_hashes(ws)
+    assert {"data/shards", "data/holdout.parquet", "models"} <= hashes.keys()
+    remote_objects = [p for p in (ws / ".oblivio" / "dvc-remote").rglob("*") if p.is_file()]
+    assert len(remote_objects) >= 5  # partitions, holdout, manifest, shard weights pushed
+
+
+def test_second_run_reuses_every_checkpoint(trained):
+    ws, first = trained
+    second = cli_json(ws, "run")
+    assert second["slices_trained"] == 0 and second["slices_reused"] == 3 * 2
+    assert second["dataset_version"] == first["dataset_version"]
+    assert second["model_version"] == first["model_version"] + 1
+    assert second["gates"]["no_regression"]["passed"] is True
+    assert [s["weights_sha256"] for s in second["shards"]] == [s["weights_sha256"] for s in first["shards"]]
+
+
+def test_bad_data_changes_nothing(trained):
+    """A failing validation leaves the data version, models and registry as they were."""
+    ws, _ = trained
+    lock_before = (ws / "dvc.lock").read_text()
+    manifest_before = (ws / "models" / "manifest.json").read_text()
+    c, cfg = mlflow_client(ws)
+    versions_before = len(c.search_model_versions(f"name='{cfg.model_name}'"))
+    table = pd.read_csv(ws / "table.csv")
+    good = table.copy()
+    table.loc[1, "rid"] = table.loc[0, "rid"]
+    table.loc[2, "y"] = 7
+    table.to_csv(ws / "table.csv", index=False)
+    try:
+        proc = cli(ws, "run", check=False)
+    finally:
+        good.to_csv(ws / "table.csv", index=False)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "expect_column_values_to_be_unique on rid" in proc.stderr
+    assert "expect_column_values_to_be_in_set on y" in proc.stderr
+    assert (ws / "dvc.lock").read_text() == lock_before
+    assert (ws / "models" / "manifest.json").read_text() == manifest_before
+    assert len(c.search_model_versions(f"name='{cfg.model_name}'")) == versions_before
+
+
+def test_corrupt_parquet_is_one_clear_error(tmp_path):
+    ws = csv_workspace(tmp_path)
+    (ws / "table.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    from conftest import set_params
+
+    set_params(ws, {"data": {"source": "table.parquet"}})
+    proc = cli(ws, "run", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "could not be read" in proc.stderr and "table.parquet" in proc.stderr
+    assert not (ws / "data" / "shards").exists() and not (ws / "dvc.lock").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"train": {"epochz": 3}}, "train.epochz is not a known key"),
+    ({"sisa": {"shards": "eight"}}, "sisa.shards must be an integer"),
+])
+def test_bad_params_fail_before_anything_starts(tmp_path, edit, message):
+    ws = csv_workspace(tmp_path)
+    from conftest import set_params
+
+    set_params(ws, edit)
+    proc = cli(ws, "run", check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (ws / "mlflow.db").exists() and not (ws / "data" / "shards").exists()
+
+
+def test_outside_a_workspace(tmp_path):
+    proc = cli(tmp_path, "run", check=False)
+    assert proc.returncode == 2 and "not inside an Oblivio workspace" in proc.stderr and "oblivio init" in proc.stderr
