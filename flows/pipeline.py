@@ -22,7 +22,7 @@ def training_pipeline(root: str, n_shards: int, *, baseline: bool = True, from_s
     metrics = t.evaluate(root, baseline_result)
     hashes = t.version(root, ["train", "evaluate"])
     registered = t.register(root, {"run_name": f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}", "trigger": trigger,
-                                   "ingest": ingested, "data": hashes, "shards": shards, "metrics": metrics})
+                                   "data": hashes, "shards": shards, "metrics": metrics})
     promoted = t.promote(root, registered)
     return {**registered, **promoted, "ingest": ingested, "shards": shards,
             "slices_trained": sum(len(s["slices_trained"]) for s in shards),

@@ -71,7 +71,7 @@ def cmd_run(args) -> int:
     from flows.server import prefect_api
 
     tracking.ensure_experiment(ws.mlflow)
-    with prefect_api():
+    with ws.exclusive("run"), prefect_api():
         flow = training_pipeline.with_options(task_runner=_runner(ws, args))
         result = flow(str(ws.root), ws.params.sisa.shards, from_scratch=args.from_scratch, trigger=args.trigger,
                       baseline=ws.params.report.baseline and not args.no_baseline)
@@ -81,6 +81,107 @@ def cmd_run(args) -> int:
 
     _emit(result, args.json, render_run_summary(result))
     return 0
+
+
+def _process(ws, args, trigger: str) -> dict:
+    """Run the deletion flow over every actionable request; failures are recorded in the ledger."""
+    from oblivio import tracking
+    from oblivio.ledger import Ledger
+    from flows.deletion import deletion_pipeline
+    from flows.server import prefect_api
+
+    tracking.ensure_experiment(ws.mlflow)
+    with ws.exclusive("process"), prefect_api():
+        flow = deletion_pipeline.with_options(task_runner=_runner(ws, args))
+        try:
+            return flow(str(ws.root), ws.params.sisa.shards, trigger=trigger)
+        except Exception as err:
+            ledger = Ledger(ws.ledger_path)
+            pending = [r.id for r in ledger.actionable() if r.status != "applied"]
+            if pending:
+                ledger.mark_failed(pending, error=f"{type(err).__name__}: {str(err)[:500]}")
+            ledger.close()
+            raise
+
+
+def _process_summary(result: dict) -> str:
+    if not result["request_ids"]:
+        rejected = "".join(f"\n  rejected {r['request_id']}: {r['reason']}" for r in result["rejected"])
+        return f"no actionable requests{rejected}"
+    return "\n".join([
+        f"{len(result['request_ids'])} request(s) {result['status']}: {result['records_removed']} record(s) removed",
+        f"retrained shard(s) {result['shards_retrained'] or 'none'} ({result['slices_retrained']} slice stage(s))",
+        f"model v{result['model_version']}: {result['decision']}; accuracy {result['metrics']['accuracy']:.4f}",
+        f"purged {result['purge']['checkpoints_removed']} checkpoint(s), model version(s) "
+        f"{result['purge']['model_versions_deleted'] or 'none'}; certificates in certificates/",
+        f"done in {result['seconds']:.1f} s",
+    ])
+
+
+def cmd_forget(args) -> int:
+    ws = _workspace(args)
+    from oblivio import erasure
+    from oblivio.errors import RequestError
+    from oblivio.ledger import Ledger
+
+    subjects = list(args.subject or []) + (erasure.read_ids_file(Path(args.from_file)) if args.from_file else [])
+    records = list(args.record or []) + (erasure.read_ids_file(Path(args.records_from_file))
+                                         if args.records_from_file else [])
+    if not subjects and not records:
+        raise RequestError("Nothing to forget: give --subject, --record, --from-file or --records-from-file.")
+    subject_hashes, record_hashes = erasure.hash_ids(ws, subjects=subjects, records=records)
+    ledger = Ledger(ws.ledger_path)
+    try:
+        request, created = ledger.submit(kind=args.kind, subject_hashes=subject_hashes, record_hashes=record_hashes,
+                                         reason=args.reason or "")
+        problem = erasure.precheck(ws, request) if created else None
+        if problem:
+            ledger.mark_rejected(request.id, reason=problem)
+            raise RequestError(f"Request {request.id} rejected, nothing changed: {problem}")
+    finally:
+        ledger.close()
+    note = "recorded" if created else f"already recorded ({request.status})"
+    if not args.wait:
+        _emit({"request_ids": [request.id], "status": request.status, "created": created}, args.json,
+              f"{request.id} {note}; `oblivio process` (or a running `oblivio serve`) will apply it")
+        return 0
+    result = _process(ws, args, trigger="forget")
+    result["request_ids"] = sorted(set(result["request_ids"]) | {request.id})
+    _emit(result, args.json, f"{request.id} {note}\n" + _process_summary(result))
+    return 0
+
+
+def cmd_process(args) -> int:
+    ws = _workspace(args)
+    result = _process(ws, args, trigger="process")
+    _emit(result, args.json, _process_summary(result))
+    return 0
+
+
+def cmd_requests(args) -> int:
+    ws = _workspace(args)
+    from oblivio.ledger import Ledger
+
+    ledger = Ledger(ws.ledger_path)
+    try:
+        rows = [r.to_json() for r in ledger.list(status=args.status)]
+    finally:
+        ledger.close()
+    lines = [f"{r['id']}  {r['kind']:<10} {r['status']:<9} {r['created_at'][:19]}  "
+             f"{len(r['subject_hashes'])} subject(s) {len(r['record_hashes'])} record(s)  {r['error'] or ''}"
+             for r in rows]
+    _emit({"requests": rows}, args.json, "\n".join(lines) or "no requests")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    ws = _workspace(args)
+    from oblivio.verify import verify
+
+    result = verify(ws.root, alias=args.alias, replay=args.replay)
+    human = "\n".join(f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" for c in result["checks"])
+    _emit(result, args.json, human + f"\n{'verified' if result['ok'] else 'VERIFICATION FAILED'}")
+    return 0 if result["ok"] else 3
 
 
 def cmd_stage(args) -> int:
@@ -103,6 +204,12 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=["sequential", "thread", "process", "dask"], help="shard task runner")
+    p.add_argument("--workers", type=int, help="parallel shard workers")
+    p.add_argument("--dask-address", help="address of an existing Dask scheduler (tcp://host:8786)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oblivio", description="Data governance for ML: SISA training, "
                                      "deletion requests, unlearning, and privacy-gated promotion.")
@@ -121,11 +228,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("run", cmd_run, "run the pipeline: ingest, validate, version, train, audit, register, promote")
     p.add_argument("--from-scratch", action="store_true", help="ignore every checkpoint and retrain all slices")
-    p.add_argument("--executor", choices=["sequential", "thread", "process", "dask"], help="shard task runner")
-    p.add_argument("--workers", type=int, help="parallel shard workers")
-    p.add_argument("--dask-address", help="address of an existing Dask scheduler (tcp://host:8786)")
+    _add_executor_options(p)
     p.add_argument("--no-baseline", action="store_true", help="skip the non-sharded comparison model")
     p.add_argument("--trigger", default="manual", help=argparse.SUPPRESS)
+
+    p = command("forget", cmd_forget, "record a deletion request (durably, before returning); --wait applies it now")
+    p.add_argument("--subject", action="append", help="a subject (person) id; repeatable")
+    p.add_argument("--record", action="append", help="a single record id; repeatable")
+    p.add_argument("--from-file", help="a file of subject ids, one per line")
+    p.add_argument("--records-from-file", help="a file of record ids, one per line")
+    p.add_argument("--kind", choices=["erasure"], default="erasure", help="erasure (privacy)")
+    p.add_argument("--reason", help="free text kept with the request (no personal data, please)")
+    p.add_argument("--wait", action="store_true", help="process pending requests now and wait for the result")
+    _add_executor_options(p)
+
+    p = command("process", cmd_process, "apply every pending request in one batch (each shard retrained once)")
+    _add_executor_options(p)
+
+    p = command("requests", cmd_requests, "list the deletion ledger")
+    p.add_argument("--status", choices=["pending", "applied", "promoted", "rejected", "failed"])
+
+    p = command("verify", cmd_verify, "check the promoted model against the ledger and the data")
+    p.add_argument("--alias", default="champion", help="model alias to verify (default champion)")
+    p.add_argument("--replay", type=int, default=0, metavar="K",
+                   help="also retrain K random slices from their parent checkpoints and compare bits")
 
     p = command("stage", cmd_stage, "run one dvc.yaml stage without Prefect (what `dvc repro` calls)")
     p.add_argument("stage", choices=["ingest", "train", "evaluate"])

@@ -14,6 +14,7 @@ from pathlib import Path
 from oblivio import tracking
 from oblivio.audit.gates import AuditContext, GateResult, all_passed, evaluate_gates
 from oblivio.config import params_as_flat_dict
+from oblivio.data.sharding import SUBJECT_KEY
 from oblivio.report import render_version_report
 from oblivio.workspace import Workspace
 
@@ -21,6 +22,15 @@ from oblivio.workspace import Workspace
 def git_commit(root: Path) -> str:
     result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
     return result.stdout.strip() if result.returncode == 0 else "uncommitted"
+
+
+def dataset_counts(ws: Workspace) -> dict[str, int]:
+    """Training records and subjects of the current data version (keys column only)."""
+    import pyarrow.parquet as pq
+
+    keys = [pq.read_table(p, columns=[SUBJECT_KEY]).column(0) for p in ws.shards_dir.glob("shard=*/part.parquet")]
+    subjects = {k for column in keys for k in column.to_pylist()}
+    return {"n_records": sum(len(c) for c in keys), "n_subjects": len(subjects)}
 
 
 def champion_metrics(ws: Workspace) -> tuple[int | None, dict | None]:
@@ -31,7 +41,7 @@ def champion_metrics(ws: Workspace) -> tuple[int | None, dict | None]:
 def register(root: Path, run: dict) -> dict:
     """Audit against the gates, log to MLflow, register the version; returns its identity and verdicts.
 
-    `run` holds the step summaries: ingest, data (DVC hashes), shards, metrics, requests.
+    `run` holds the step summaries: data (DVC hashes), shards, metrics, requests.
     """
     ws = Workspace(root)
     cfg = ws.mlflow
@@ -52,7 +62,7 @@ def register(root: Path, run: dict) -> dict:
     )
     summary = {
         "model_version": ids["model_version"], "run_id": ids["run_id"], "dataset_version": dataset["version"],
-        "n_records": run["ingest"]["n_records"], "n_subjects": run["ingest"]["n_subjects"],
+        **dataset_counts(ws),
         "n_shards": ws.params.sisa.shards, "n_slices": ws.params.sisa.slices, "metrics": run["metrics"],
         "gates": {name: g.to_json() for name, g in gates.items()},
         "champion_before": champion_version, "champion_metrics": champion,

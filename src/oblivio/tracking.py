@@ -150,3 +150,10 @@ def metrics_of(cfg: MlflowConfig, version: int) -> dict:
     """The audit summary stored on a version (tag `oblivio.metrics`)."""
     tags = version_info(cfg, version)["tags"]
     return json.loads(tags.get("oblivio.metrics", "{}"))
+
+
+def attach_files(cfg: MlflowConfig, run_id: str, paths: list[str], artifact_path: str) -> None:
+    """Add files (certificates, audit reports) to an existing run's artifacts."""
+    c = client(cfg)
+    for path in paths:
+        c.log_artifact(run_id, path, artifact_path)

@@ -6,9 +6,13 @@ inside it, so erasing a person has one place to search, and purging one place to
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
@@ -101,6 +105,19 @@ class Workspace:
             f"{', '.join(MARKERS)} and .dvc/). Run `oblivio init DIR` to create one, or cd into one."
         )
 
+    @contextmanager
+    def exclusive(self, what: str) -> Iterator[None]:
+        """One data-changing command at a time (run, process); a second one waits its turn."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / "busy.lock", "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting: another Oblivio command is changing this workspace ({what} starts after it)",
+                      file=sys.stderr, flush=True)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
     def environment(self) -> dict[str, str]:
         """Variables that keep Prefect, MLflow, DVC and GX local, quiet and offline."""
         return {
@@ -163,8 +180,6 @@ def _run(cmd: list[str], cwd: Path) -> None:
 
 def _venv_tool(name: str) -> str:
     """Tools installed beside the running interpreter (the venv's `dvc`), even if not on PATH."""
-    import sys
-
     candidate = Path(sys.executable).parent / name
     if candidate.exists():
         return str(candidate)

@@ -1,0 +1,39 @@
+"""The deletion flow: every actionable request in one batch, each shard retrained at most once."""
+from __future__ import annotations
+
+import time
+
+from prefect import flow
+
+from tasks import deletion as d
+from tasks import pipeline as t
+
+
+@flow(name="oblivio-deletion")
+def deletion_pipeline(root: str, n_shards: int, trigger: str = "manual") -> dict:
+    began = time.perf_counter()
+    batch = d.plan(root)
+    if not batch["requests"]:
+        return {"status": "nothing to do", "request_ids": [], "rejected": batch["rejected"],
+                "seconds": time.perf_counter() - began}
+    applied = d.apply(root, batch)
+    t.version(root, ["ingest"])
+    shard_futures = [t.train_shard.submit(root, k) for k in range(n_shards)]
+    shards = [f.result() for f in shard_futures]
+    t.publish_models(root, shards)
+    metrics = t.evaluate(root, None)
+    hashes = t.version(root, ["train", "evaluate"])
+    registered = t.register(root, {"run_name": f"deletion-{time.strftime('%Y%m%d-%H%M%S')}", "trigger": trigger,
+                                   "data": hashes, "shards": shards, "metrics": metrics,
+                                   "requests": batch["requests"]})
+    promoted = t.promote(root, registered)
+    finished = d.finish(root, batch, registered, promoted, shards, applied)
+    retrained = [s for s in shards if s["slices_trained"]]
+    return {"status": "promoted" if promoted["promoted"] else "applied", "request_ids": batch["requests"],
+            "rejected": batch["rejected"], "route": "erasure", "records_removed": batch["records_removed"],
+            "shards_retrained": [s["index"] for s in retrained],
+            "slices_retrained": sum(len(s["slices_trained"]) for s in retrained),
+            "model_version": registered["model_version"], "promoted": promoted["promoted"],
+            "aliases": promoted["aliases"], "decision": promoted["decision"], "metrics": metrics,
+            "gates": registered["gates"], "certificate": finished["certificates"], "purge": finished["purge"],
+            "dataset_version": registered["dataset_version"], "seconds": time.perf_counter() - began}

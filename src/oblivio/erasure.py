@@ -1,0 +1,343 @@
+"""Erasure requests: resolve, remove, purge, certify.
+
+The flow is: `plan` resolves every actionable request against the placed data (which
+shards, which first slice) and rejects what cannot be honoured; `apply` writes
+tombstones and rewrites only the affected partitions; the ordinary training steps then
+retrain exactly the shards whose slice commitments changed; `finish` purges every
+remaining copy and writes one certificate per request.
+
+Every step is idempotent, so a crash anywhere is repaired by running it again: the
+tombstones are written before any file changes, and a partition is rewritten by
+dropping tombstoned keys, which is a no-op the second time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from oblivio import lineage, tracking
+from oblivio.data.sharding import (
+    RECORD_KEY, SHARD, SLICE, SUBJECT_KEY, read_holdout, read_shard, record_key, rewrite_partition, subject_key,
+)
+from oblivio.ensemble import MANIFEST
+from oblivio.errors import RequestError
+from oblivio.ledger import Ledger, Request
+from oblivio.training.sisa import CheckpointStore
+from oblivio.workspace import Workspace
+
+HOLDOUT = -1  # the shard index placement uses for held-out rows
+
+
+def hash_ids(ws: Workspace, *, subjects: list[str], records: list[str]) -> tuple[list[str], list[str]]:
+    """Raw ids -> keyed hashes; the raw ids go no further than this function."""
+    return [subject_key(ws.secret, s) for s in subjects], [record_key(ws.secret, r) for r in records]
+
+
+def read_ids_file(path: Path) -> list[str]:
+    """One id per line; blank lines and `#` comments are skipped. Errors name lines, never values."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise RequestError(f"--from-file {path}: no such file.") from None
+    except UnicodeDecodeError:
+        raise RequestError(f"--from-file {path} is not UTF-8 text; give one id per line.") from None
+    ids, bad = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        value = line.strip()
+        if not value or value.startswith("#"):
+            continue
+        if any(ch.isspace() for ch in value) or "," in value or ";" in value:
+            bad.append(number)
+        ids.append(value)
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        raise RequestError(f"--from-file {path}: line(s) {shown} hold more than one id. "
+                           "Give exactly one id per line (no spaces, commas or semicolons); nothing was recorded.")
+    if not ids:
+        raise RequestError(f"--from-file {path} holds no ids; nothing was recorded.")
+    return ids
+
+
+def placement(ws: Workspace) -> pd.DataFrame:
+    """Keys, shard and slice of every placed row (holdout rows get shard -1), no features."""
+    cols = [SUBJECT_KEY, RECORD_KEY, SHARD, SLICE]
+    frames = [pq.read_table(p, columns=cols).to_pandas() for p in sorted(ws.shards_dir.glob("shard=*/part.parquet"))]
+    if ws.holdout_path.exists():
+        held = pq.read_table(ws.holdout_path, columns=[SUBJECT_KEY, RECORD_KEY]).to_pandas()
+        frames.append(held.assign(**{SHARD: HOLDOUT, SLICE: -1}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
+def _hits(rows: pd.DataFrame, req: Request) -> pd.DataFrame:
+    return rows[rows[SUBJECT_KEY].isin(req.subject_hashes) | rows[RECORD_KEY].isin(req.record_hashes)]
+
+
+def _unknown(rows: pd.DataFrame, req: Request, erased: tuple[frozenset[str], frozenset[str]]) -> str | None:
+    """Why a request names ids that are neither placed nor already erased, or None."""
+    missing_subjects = [i for i, h in enumerate(req.subject_hashes, 1)
+                        if h not in erased[0] and not rows[SUBJECT_KEY].eq(h).any()]
+    missing_records = [i for i, h in enumerate(req.record_hashes, 1)
+                       if h not in erased[1] and not rows[RECORD_KEY].eq(h).any()]
+    parts = []
+    if missing_subjects:
+        parts.append(f"{len(missing_subjects)} of {len(req.subject_hashes)} subject id(s) match no record")
+    if missing_records:
+        parts.append(f"{len(missing_records)} of {len(req.record_hashes)} record id(s) match no record")
+    return "; ".join(parts) + " in the current data (check the ids)" if parts else None
+
+
+def precheck(ws: Workspace, req: Request) -> str | None:
+    """At submission: why the request can already be refused (unknown ids), or None."""
+    if not ws.shards_dir.exists():
+        return None  # nothing placed yet; `plan` decides when the data exists
+    ledger = Ledger(ws.ledger_path)
+    try:
+        erased = (ledger.tombstones(), ledger.record_tombstones())
+    finally:
+        ledger.close()
+    return _unknown(placement(ws), req, erased)
+
+
+def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure",)) -> dict:
+    """Resolve every actionable request; reject the ones that cannot be honoured.
+
+    Returns the batch: accepted request ids, per shard the first affected slice, and
+    counts. Holds hashes and counts only.
+    """
+    ws = Workspace(root)
+    ledger = Ledger(ws.ledger_path)
+    try:
+        rows = placement(ws)
+        erased = (ledger.tombstones(), ledger.record_tombstones())
+        shards = ws.params.sisa.shards
+        sizes = rows[rows[SHARD] >= 0].groupby(SHARD).size().reindex(range(shards), fill_value=0)
+        accepted, rejected, per_request = [], [], {}
+        removed = pd.Series(False, index=rows.index)
+        for req in ledger.actionable():
+            if req.kind not in kinds:
+                continue
+            problem = _unknown(rows, req, erased)
+            hits = _hits(rows, req)
+            if problem is None:
+                trial = removed | rows.index.isin(hits.index)
+                left = rows[~trial & (rows[SHARD] >= 0)].groupby(SHARD).size().reindex(range(shards), fill_value=0)
+                emptied = [int(k) for k in range(shards) if sizes[k] > 0 and left[k] == 0]
+                if emptied:
+                    problem = (f"it would remove every record of shard(s) {emptied}; a shard cannot be emptied "
+                               "by a request (retrain with fewer shards, or erase in smaller requests)")
+            if problem:
+                ledger.mark_rejected(req.id, reason=problem)
+                rejected.append({"request_id": req.id, "reason": problem})
+                continue
+            removed |= rows.index.isin(hits.index)
+            accepted.append(req.id)
+            train_hits = hits[hits[SHARD] >= 0]
+            per_request[req.id] = {
+                "records": int(len(hits)), "holdout_records": int((hits[SHARD] == HOLDOUT).sum()),
+                "shards": sorted(int(k) for k in train_hits[SHARD].unique()),
+                "first_slices": {str(int(k)): int(g[SLICE].min()) for k, g in train_hits.groupby(SHARD)},
+            }
+        hit_rows = rows[removed & (rows[SHARD] >= 0)]
+        return {
+            "requests": accepted, "rejected": rejected, "per_request": per_request,
+            "first_slice": {str(int(k)): int(g[SLICE].min()) for k, g in hit_rows.groupby(SHARD)},
+            "holdout_affected": bool((removed & (rows[SHARD] == HOLDOUT)).any()),
+            "records_removed": int(removed.sum()),
+            "data_version_before": lineage.dataset_version(ws.root),
+        }
+    finally:
+        ledger.close()
+
+
+def apply(root: Path, batch: dict) -> dict:
+    """Tombstone the batch's subjects and records, then drop them from every affected file."""
+    ws = Workspace(root)
+    ledger = Ledger(ws.ledger_path)
+    try:
+        for request_id in batch["requests"]:
+            req = ledger.get(request_id)
+            ledger.add_tombstones(req.subject_hashes, request_id=req.id)
+            ledger.add_record_tombstones(req.record_hashes, request_id=req.id)
+        erased = (ledger.tombstones(), ledger.record_tombstones())
+    finally:
+        ledger.close()
+    rewritten = []
+    for k in range(ws.params.sisa.shards):
+        path = ws.shards_dir / f"shard={k}" / "part.parquet"
+        if path.exists() and _drop_erased(path, read_shard(ws.shards_dir, k), erased):
+            rewritten.append(k)
+    if ws.holdout_path.exists() and _drop_erased(ws.holdout_path, read_holdout(ws.holdout_path), erased):
+        rewritten.append(HOLDOUT)
+    return {"partitions_rewritten": rewritten, "source_rewritten": _erase_from_source(ws, erased)}
+
+
+def _drop_erased(path: Path, frame: pd.DataFrame, erased: tuple[frozenset[str], frozenset[str]]) -> bool:
+    gone = frame[SUBJECT_KEY].isin(erased[0]) | frame[RECORD_KEY].isin(erased[1])
+    if gone.any():
+        rewrite_partition(path, frame[~gone].reset_index(drop=True))
+    return bool(gone.any())
+
+
+def _erase_from_source(ws: Workspace, erased: tuple[frozenset[str], frozenset[str]]) -> bool:
+    """A source file kept *inside* the workspace is a copy too: drop the erased rows from it.
+
+    Built-in sources and files outside the workspace are upstream systems; tombstones
+    keep their rows out of every later ingest, and the certificate says so.
+    """
+    source = ws.params.data.source
+    path = (ws.root / source).resolve()
+    if source.startswith("builtin:") or not path.is_relative_to(ws.root) or not path.exists():
+        return False
+    cols = ws.params.data.columns
+    frame = pq.read_table(path).to_pandas() if path.suffix == ".parquet" else pd.read_csv(path)
+    subjects = frame[cols.subject_id].astype(str).map(lambda s: subject_key(ws.secret, s))
+    records = frame[cols.record_id].astype(str).map(lambda r: record_key(ws.secret, r))
+    gone = subjects.isin(erased[0]) | records.isin(erased[1])
+    if not gone.any():
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    keep = frame[~gone]
+    if path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pandas(keep, preserve_index=False), tmp)
+    else:
+        keep.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return True
+
+
+# --- purge --------------------------------------------------------------------------
+
+def purge(root: Path, *, keep_version: int, request_ids: list[str]) -> dict:
+    """Remove every copy the erased records may still have in the workspace.
+
+    - slice checkpoints not on the current chains (the baseline's included);
+    - model versions not trained on the current data version: deleted from the registry,
+      their runs and logged models deleted and garbage-collected (artifacts included),
+      with a tombstone tag on the registered model saying why;
+    - DVC cache and remote objects the workspace no longer references (`dvc gc -w -c`);
+    - Prefect result storage (nothing is cached there by design; anything found goes).
+    """
+    ws = Workspace(root)
+    manifest = json.loads((ws.models_dir / MANIFEST).read_text())
+    store = CheckpointStore(ws.checkpoints_dir)
+    keep = {store.path(s["shard"], key) for s in manifest["shards"] for key in s["chain"]}
+    removed_checkpoints = store.remove_all_but(keep)
+    versions = _purge_model_versions(ws, keep_version=keep_version, request_ids=request_ids)
+    lineage.garbage_collect(ws.root)
+    storage = ws.prefect_home / "storage"
+    if storage.exists():
+        shutil.rmtree(storage)
+    return {"checkpoints_removed": len(removed_checkpoints), "model_versions_deleted": versions}
+
+
+def _purge_model_versions(ws: Workspace, *, keep_version: int, request_ids: list[str]) -> list[int]:
+    """Delete versions and runs not trained on the current data version, then `mlflow gc`."""
+    cfg = ws.mlflow
+    client = tracking.client(cfg)
+    current = lineage.dataset_version(ws.root)
+    stale = [mv for mv in client.search_model_versions(f"name='{cfg.model_name}'")
+             if int(mv.version) != keep_version and mv.tags.get("oblivio.dataset_version") != current]
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for mv in stale:
+        client.set_registered_model_tag(
+            cfg.model_name, f"oblivio.purged.v{mv.version}",
+            f"deleted {when}: trained on data erased by {', '.join(request_ids)}")
+        client.delete_model_version(cfg.model_name, mv.version)
+        if getattr(mv, "model_id", None):
+            client.delete_logged_model(mv.model_id)
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    stale_runs = client.search_runs([experiment.experiment_id], f"tags.`oblivio.dataset_version` != '{current}'")
+    for run in stale_runs:
+        children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+        for r in [run, *children]:
+            client.delete_run(r.info.run_id)
+    if stale or stale_runs:
+        _mlflow_gc(cfg)
+    return sorted(int(mv.version) for mv in stale)
+
+
+def _mlflow_gc(cfg) -> None:
+    """`mlflow gc`: deleted runs and logged models lose their artifacts for good."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.tracking_uri}
+    exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
+    result = subprocess.run([exe, "gc", "--backend-store-uri", cfg.tracking_uri], env=env,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        from oblivio.errors import IntegrityError
+
+        raise IntegrityError(f"`mlflow gc` failed; erased data may remain in MLflow artifacts:\n{result.stderr[-2000:]}")
+
+
+# --- certificates ---------------------------------------------------------------------
+
+def certificate(ws: Workspace, req: Request, *, batch: dict, registered: dict, promoted: dict,
+                shards: list[dict], purged: dict, applied: dict) -> dict:
+    """What an auditor needs to check the request was honoured, with hashes only."""
+    mine = batch["per_request"].get(req.id, {"records": 0, "shards": [], "first_slices": {}, "holdout_records": 0})
+    retrained = {s["index"]: s for s in shards if s["slices_trained"]}
+    manifest = json.loads((ws.models_dir / MANIFEST).read_text())
+    source = ws.params.data.source
+    return {
+        "request_id": req.id, "kind": req.kind, "reason": req.reason, "submitted_at": req.created_at,
+        "certified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "subject_hashes": list(req.subject_hashes), "record_hashes": list(req.record_hashes),
+        "route": "exact: retrain affected shards from the first affected slice",
+        "records_removed": mine["records"], "holdout_records_removed": mine["holdout_records"],
+        "data_version_before": batch["data_version_before"], "data_version_after": registered["dataset_version"],
+        "shards_affected": mine["shards"],
+        "slices_retrained": {str(k): s["slices_trained"] for k, s in retrained.items()},
+        "retrained_weights_sha256": {str(k): s["weights_sha256"] for k, s in retrained.items()},
+        "model_version": registered["model_version"], "promoted": promoted["promoted"],
+        "promotion": promoted["decision"],
+        "recipe_sha256": manifest["recipe_sha256"],
+        "commitments": {str(s["index"]): s["commitments"] for s in manifest["shards"]},
+        "purge": purged,
+        "files_rewritten": applied,
+        "upstream": ("the source is outside the workspace: its owner must erase it there; tombstones keep it "
+                     "out of every later ingest") if (source.startswith("builtin:")
+                                                     or not (ws.root / source).resolve().is_relative_to(ws.root))
+        else "the source file inside the workspace was rewritten without the erased rows",
+    }
+
+
+def finish(root: Path, *, batch: dict, registered: dict, promoted: dict, shards: list[dict], applied: dict) -> dict:
+    """Mark the batch applied, purge, certify each request, then mark it promoted (if it was)."""
+    ws = Workspace(root)
+    ledger = Ledger(ws.ledger_path)
+    try:
+        ids = batch["requests"]
+        outcome = {"model_version": registered["model_version"], "decision": promoted["decision"]}
+        ledger.mark_applied(ids, outcome=outcome)
+        purged = purge(ws.root, keep_version=registered["model_version"], request_ids=ids)
+        ws.certificates_dir.mkdir(exist_ok=True)
+        paths = {}
+        for request_id in ids:
+            cert = certificate(ws, ledger.get(request_id), batch=batch, registered=registered, promoted=promoted,
+                               shards=shards, purged=purged, applied=applied)
+            path = ws.certificates_dir / f"{request_id}.json"
+            path.write_text(json.dumps(cert, indent=1, sort_keys=True))
+            ledger.save_certificate(request_id, cert)
+            paths[request_id] = str(path)
+        tracking.attach_files(ws.mlflow, registered["run_id"], list(paths.values()), "certificates")
+        if promoted["promoted"]:
+            ledger.mark_promoted(ids, outcome=outcome)
+        return {"certificates": paths, "purge": purged}
+    finally:
+        ledger.close()
+
+
+def reject_batch_problems(batch: dict) -> None:
+    """Single-request commands report their rejection as an error."""
+    if batch["rejected"] and not batch["requests"]:
+        reasons = "; ".join(f"{r['request_id']}: {r['reason']}" for r in batch["rejected"])
+        raise RequestError(f"Request rejected, nothing changed: {reasons}")
+

@@ -1,0 +1,25 @@
+"""Tasks of the deletion flow; parameters and results hold request ids, hashes and counts only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from oblivio import erasure
+
+
+@task(name="plan-requests", cache_policy=NO_CACHE)
+def plan(root: str) -> dict:
+    return erasure.plan(Path(root))
+
+
+@task(name="apply-erasure", cache_policy=NO_CACHE)
+def apply(root: str, batch: dict) -> dict:
+    return erasure.apply(Path(root), batch)
+
+
+@task(name="purge-and-certify", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def finish(root: str, batch: dict, registered: dict, promoted: dict, shards: list[dict], applied: dict) -> dict:
+    return erasure.finish(Path(root), batch=batch, registered=registered, promoted=promoted, shards=shards,
+                          applied=applied)
