@@ -8,6 +8,8 @@ DVC hash and schema only.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -108,12 +110,13 @@ def log_pipeline_run(cfg: MlflowConfig, *, run_name: str, params: dict[str, Any]
                 })
                 mlflow.set_tags({"oblivio.weights_sha256": shard["weights_sha256"],
                                  "oblivio.final_checkpoint": shard["chain"][-1]})
-        info = mlflow.pyfunc.log_model(
-            name="ensemble", python_model=str(PYFUNC_FILE), artifacts={"models": str(models_dir)},
-            code_paths=[str(Path(oblivio.__file__).parent)], pip_requirements=_requirements(),
-            signature=model_signature(features, labels), registered_model_name=cfg.model_name,
-            await_registration_for=0,
-        )
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Created version ..." itself
+            info = mlflow.pyfunc.log_model(
+                name="ensemble", python_model=str(PYFUNC_FILE), artifacts={"models": str(models_dir)},
+                code_paths=[str(Path(oblivio.__file__).parent)], pip_requirements=_requirements(),
+                signature=model_signature(features, labels), registered_model_name=cfg.model_name,
+                await_registration_for=0,
+            )
     return {"run_id": parent.info.run_id, "model_version": int(info.registered_model_version),
             "model_uri": info.model_uri}
 

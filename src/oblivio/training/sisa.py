@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from oblivio.keys import derive_seed
+from oblivio.training.dp import DpSpec
 from oblivio.training.nets import build_model
 
 Progress = Callable[[str], None]
@@ -43,9 +44,17 @@ class Recipe:
     lr: float
     weight_decay: float
     seed: int
+    dp: DpSpec | None = None  # DP-SGD (Opacus) when set; see oblivio.training.dp
+
+    def __post_init__(self):
+        if isinstance(self.dp, dict):  # a recipe read back from JSON (a models manifest)
+            object.__setattr__(self, "dp", DpSpec(**self.dp))
 
     def digest(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if fields["dp"] is None:
+            del fields["dp"]  # non-DP recipes keep the digests (and checkpoint keys) they had before DP existed
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(f"oblivio-recipe-v1\n{blob}".encode()).hexdigest()
 
 
@@ -132,6 +141,10 @@ class ShardResult:
     slices_reused: list[int] = field(default_factory=list)
     weights_sha256: str = ""
     seconds: float = 0.0
+    # DP only: epsilon spent by the shard's worst-case record (a slice-0 record, sampled in every
+    # stage) at recipe.dp.delta, from recipe.dp.accountant; and the history it was computed from
+    epsilon: float | None = None
+    dp_history: list[list[float]] | None = None  # [noise multiplier, sample rate, steps] per phase
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -178,23 +191,48 @@ def train_shard(data: ShardData, *, recipe: Recipe, shard: str, n_slices: int, s
     done = max((r for r in range(n_slices) if resume and store.has(shard, chain[r])), default=-1)
     model = new_model(recipe, secret, shard)
     optimizer = _optimizer(model, recipe)
+    dp_history: list = []
     if done >= 0:
         state = store.load(shard, chain[done])
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if recipe.dp is not None:
+            dp_history = state["accountant"]  # the recipe digest is in the key: a DP key has a DP checkpoint
     result.slices_reused = list(range(done + 1))
     x_all = torch.from_numpy(np.array(data.x, dtype=np.float32))
     y_all = torch.from_numpy(np.array(data.y, dtype=np.int64))
+    trainer = None
+    if recipe.dp is not None and done + 1 < n_slices:
+        from oblivio.training.dp import DpTrainer
+
+        trainer = DpTrainer(model, optimizer, recipe.dp, dp_history)
     for stage in range(done + 1, n_slices):
         seen = torch.from_numpy(np.flatnonzero(data.slices <= stage))
-        _train_stage(model, optimizer, x_all[seen], y_all[seen], recipe=recipe, secret=secret, shard=shard, stage=stage)
-        store.save(shard, chain[stage], {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "stage": stage})
+        if trainer is None:
+            _train_stage(model, optimizer, x_all[seen], y_all[seen], recipe=recipe, secret=secret, shard=shard, stage=stage)
+        else:
+            # sampling and noise streams per (shard, stage, epoch): resuming at any stage replays the same bits
+            trainer.train_stage(x_all[seen], y_all[seen], batch_size=recipe.batch_size, epochs=recipe.epochs_per_slice,
+                                seed_for=lambda stream, epoch, stage=stage: derive_seed(
+                                    secret, recipe.seed, stream, shard, stage, epoch))
+            dp_history = trainer.history()
+        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "stage": stage}
+        if trainer is not None:
+            payload["accountant"] = dp_history  # [[sigma, q, steps], ...] over all stages so far
+        store.save(shard, chain[stage], payload)
         result.slices_trained.append(stage)
         if progress:
             progress(f"{label or shard}: slice {stage + 1}/{n_slices} trained on {len(seen)} records")
     if not result.slices_trained and progress:
         progress(f"{label or shard}: all {n_slices} slices reused from checkpoints")
+    if trainer is not None:
+        trainer.close()
     result.weights_sha256 = weights_digest(model.state_dict())
+    if recipe.dp is not None:
+        from oblivio.training.dp import epsilon_of
+
+        result.dp_history = [list(h) for h in dp_history]
+        result.epsilon = epsilon_of(dp_history, delta=recipe.dp.delta, accountant=recipe.dp.accountant)
     result.seconds = time.perf_counter() - began
     return result
 

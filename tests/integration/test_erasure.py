@@ -1,0 +1,194 @@
+"""Erasure end to end: exactness, untouched shards, tombstones, purge, certificates, refusals."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import cli, cli_json, csv_workspace, set_params, synthetic_table
+
+pytestmark = pytest.mark.integration
+MARKER = "zq-MARKER-7f3a9c"
+MARKER_VALUE = 12345.678901
+
+
+def marked_table() -> pd.DataFrame:
+    """The synthetic table plus one person whose ids and one value are unique markers."""
+    table = synthetic_table()
+    table["person"] = "p" + table["person"].astype(str)
+    planted = pd.DataFrame([{"rid": f"{MARKER}-r{j}", "person": f"{MARKER}-subject", "y": j % 2,
+                             "a": MARKER_VALUE if j == 0 else 0.5, "b": 0.1, "c": -0.2} for j in range(3)])
+    return pd.concat([table, planted], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def erased(tmp_path_factory):
+    """Train, then erase the marked person with `forget --wait` (the source lives outside the workspace)."""
+    root = tmp_path_factory.mktemp("erasure")
+    source = root / "upstream.csv"
+    marked_table().to_csv(source, index=False)
+    ws = csv_workspace(root)
+    set_params(ws, {"data": {"source": str(source)}})
+    before = cli_json(ws, "run")
+    checkpoints_before = file_digests(ws / "checkpoints")
+    result = json.loads(cli(ws, "forget", "--subject", f"{MARKER}-subject", "--reason", "GDPR art. 17 #881",
+                            "--wait", "--json").stdout)
+    return ws, source, before, result, checkpoints_before
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_forget_wait_prints_the_contract(erased):
+    _, _, before, result, _ = erased
+    assert {"request_ids", "status", "route", "records_removed", "shards_retrained", "slices_retrained",
+            "model_version", "promoted", "certificate", "seconds"} <= result.keys()
+    assert result["status"] == "promoted" and result["promoted"] is True
+    assert result["records_removed"] == 3 and len(result["shards_retrained"]) == 1
+    assert result["model_version"] == before["model_version"] + 1
+
+
+def test_only_the_affected_shard_retrained(erased):
+    ws, _, before, result, checkpoints_before = erased
+    (k,) = result["shards_retrained"]
+    after = file_digests(ws / "checkpoints")
+    for name, digest in checkpoints_before.items():
+        if not name.startswith(f"shard-{k}/"):
+            assert after.get(name) == digest, f"{name} changed although shard {k} alone was affected"
+    manifest = json.loads((ws / "models" / "manifest.json").read_text())
+    old = {s["index"]: s["weights_sha256"] for s in before["shards"]}
+    new = {s["index"]: s["weights_sha256"] for s in manifest["shards"]}
+    assert [i for i in new if new[i] != old[i]] == [k]
+
+
+def test_erasure_equals_training_from_scratch_without_the_person(erased):
+    """Exactness: the retrained shard is bit-identical to a full retrain of the remaining data."""
+    ws, _, _, _, _ = erased
+    erased_weights = [s["weights_sha256"] for s in json.loads((ws / "models" / "manifest.json").read_text())["shards"]]
+    scratch = cli_json(ws, "run", "--from-scratch", "--no-baseline")
+    assert scratch["slices_trained"] == 3 * 2
+    assert [s["weights_sha256"] for s in scratch["shards"]] == erased_weights
+
+
+def test_tombstone_keeps_the_person_out_of_the_next_ingest(erased):
+    ws, source, _, _, _ = erased
+    assert MARKER in source.read_text(), "the upstream copy is outside the workspace and stays"
+    rows = pd.concat([pq.read_table(p).to_pandas() for p in (ws / "data").rglob("*.parquet")])
+    assert not rows["person"].astype(str).str.contains(MARKER).any()
+    ingest = json.loads(cli(ws, "stage", "ingest", "--json").stdout)
+    assert ingest["n_dropped_tombstoned"] == 3
+
+
+def test_no_copy_of_the_erased_person_remains_anywhere(erased):
+    """Invariant 2: scan every file of the workspace (Parquet as tables, the rest as bytes)."""
+    ws, _, _, _, _ = erased
+    hits = []
+    for path in ws.rglob("*"):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if MARKER.encode() in data:
+            hits.append(str(path))
+        if data[:4] == b"PAR1":
+            table = pq.read_table(path).to_pandas()
+            as_text = table.astype(str)
+            if as_text.apply(lambda col: col.str.contains(MARKER)).any().any() or (table == MARKER_VALUE).any().any():
+                hits.append(f"{path} (table)")
+    assert hits == []
+
+
+def test_certificate_and_registry_say_what_happened(erased):
+    ws, _, before, result, _ = erased
+    (request_id,) = result["request_ids"]
+    cert = json.loads(Path(result["certificate"][request_id]).read_text())
+    assert cert["records_removed"] == 3 and cert["promoted"] is True
+    assert cert["data_version_before"] == before["dataset_version"] != cert["data_version_after"]
+    assert cert["purge"]["model_versions_deleted"] == [before["model_version"]]
+    assert MARKER not in json.dumps(cert) and "GDPR art. 17 #881" == cert["reason"]
+    from oblivio.tracking import client
+    from oblivio.workspace import Workspace
+
+    cfg = Workspace(ws).mlflow
+    c = client(cfg)
+    versions = [int(v.version) for v in c.search_model_versions(f"name='{cfg.model_name}'")]
+    assert before["model_version"] not in versions
+    tags = c.get_registered_model(cfg.model_name).tags
+    assert request_id in tags[f"oblivio.purged.v{before['model_version']}"]
+    requests = json.loads(cli(ws, "requests", "--json").stdout)["requests"]
+    assert [(r["id"], r["status"]) for r in requests] == [(request_id, "promoted")]
+
+
+def test_verify_passes_and_catches_tampering(erased):
+    ws, _, _, _, _ = erased
+    report = json.loads(cli(ws, "verify", "--replay", "2", "--json").stdout)
+    assert report["ok"] is True and sum(c["check"].startswith("replay") for c in report["checks"]) == 2
+    part = ws / "data" / "shards" / "shard=0" / "part.parquet"
+    original = part.read_bytes()
+    table = pq.read_table(part).to_pandas()
+    try:
+        pq.write_table(__import__("pyarrow").Table.from_pandas(table.iloc[1:], preserve_index=False), part)
+        tampered = cli(ws, "verify", "--json", check=False)
+    finally:
+        part.write_bytes(original)
+    assert tampered.returncode == 3
+    failed = [c["check"] for c in json.loads(tampered.stdout)["checks"] if not c["ok"]]
+    assert failed == ["slice commitments"]
+
+
+def test_same_request_twice_is_recorded_once(erased):
+    ws, _, _, result, _ = erased
+    again = json.loads(cli(ws, "forget", "--subject", f"{MARKER}-subject", "--json").stdout)
+    assert again["request_ids"] == result["request_ids"] and again["created"] is False
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--subject", "nobody-at-all"], "1 of 1 subject id(s) match no record"),
+    ([], "Nothing to forget"),
+])
+def test_refusals_change_nothing(erased, args, message):
+    ws, _, _, _, _ = erased
+    lock = (ws / "dvc.lock").read_text()
+    proc = cli(ws, "forget", *args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert (ws / "dvc.lock").read_text() == lock
+    assert "nobody-at-all" not in (ws / ".oblivio" / "ledger.db").read_bytes().decode("latin-1")
+
+
+def test_malformed_ids_file_names_the_line(erased, tmp_path):
+    ws, _, _, _, _ = erased
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# subjects\np1\np2 p3\n")
+    proc = cli(ws, "forget", "--from-file", str(ids), check=False)
+    assert proc.returncode == 2 and "line(s) 3" in proc.stderr and "p2" not in proc.stderr
+
+
+def test_record_erasure_of_the_last_record_of_the_last_slice(tmp_path):
+    """Every record is covered: the shard's trailing record retrains exactly its (last) slice."""
+    ws = csv_workspace(tmp_path)
+    cli_json(ws, "run")
+    part = pq.read_table(ws / "data" / "shards" / "shard=0" / "part.parquet").to_pandas()
+    last = part.iloc[-1]
+    assert last["_slice"] == 1
+    result = json.loads(cli(ws, "forget", "--record", str(last["rid"]), "--wait", "--json").stdout)
+    assert result["shards_retrained"] == [0] and result["slices_retrained"] == 1
+    assert result["records_removed"] == 1
+
+
+def test_request_emptying_a_shard_is_rejected(tmp_path):
+    ws = csv_workspace(tmp_path, table=synthetic_table(n_subjects=60))
+    cli_json(ws, "run")
+    part = pq.read_table(ws / "data" / "shards" / "shard=2" / "part.parquet").to_pandas()
+    ids = tmp_path / "everyone.txt"
+    ids.write_text("\n".join(part["person"].astype(str).unique()))
+    cli(ws, "forget", "--from-file", str(ids))
+    proc = cli(ws, "process", "--json")
+    result = json.loads(proc.stdout)
+    assert result["request_ids"] == [] and "every record of shard(s) [2]" in result["rejected"][0]["reason"]
+    statuses = [r["status"] for r in json.loads(cli(ws, "requests", "--json").stdout)["requests"]]
+    assert statuses == ["rejected"]
