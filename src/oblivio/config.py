@@ -66,6 +66,10 @@ class DpParams:
 class GateParams:
     min_accuracy: float = 0.5
     max_accuracy_regression: float = 0.01  # vs the current champion, absolute
+    max_mia_auc: float = 0.75  # worst membership-inference AUC (ensemble and every shard model)
+    max_mia_tpr_at_1pct_fpr: float = 0.1  # worst attack TPR at 1 % FPR
+    max_epsilon: float = 10.0  # record-level DP epsilon, when dp.enabled
+    max_forget_set_auc: float = 0.6  # after an erasure: erased rows must score like non-members
     require_approval: bool = False
 
 

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from oblivio import lineage, tracking
 from oblivio.data.sharding import (
-    RECORD_KEY, SHARD, SLICE, SUBJECT_KEY, read_holdout, read_shard, record_key, rewrite_partition, subject_key,
+    RECORD_KEY, SHARD, SLICE, SUBJECT_KEY, record_key, rewrite_partition, subject_key,
 )
 from oblivio.ensemble import MANIFEST
 from oblivio.errors import RequestError
@@ -170,21 +170,28 @@ def apply(root: Path, batch: dict) -> dict:
         erased = (ledger.tombstones(), ledger.record_tombstones())
     finally:
         ledger.close()
-    rewritten = []
-    for k in range(ws.params.sisa.shards):
-        path = ws.shards_dir / f"shard={k}" / "part.parquet"
-        if path.exists() and _drop_erased(path, read_shard(ws.shards_dir, k), erased):
+    files = [(k, ws.shards_dir / f"shard={k}" / "part.parquet") for k in range(ws.params.sisa.shards)]
+    files.append((HOLDOUT, ws.holdout_path))
+    rewritten, removed = [], []
+    for k, path in files:
+        if not path.exists():
+            continue
+        frame = pq.read_table(path).to_pandas()
+        gone = frame[SUBJECT_KEY].isin(erased[0]) | frame[RECORD_KEY].isin(erased[1])
+        if gone.any():
+            removed.append(frame[gone])
             rewritten.append(k)
-    if ws.holdout_path.exists() and _drop_erased(ws.holdout_path, read_holdout(ws.holdout_path), erased):
-        rewritten.append(HOLDOUT)
+    if removed:  # quarantined for the forget-set audit, deleted by `purge`
+        ws.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        quarantine = pd.concat(removed, ignore_index=True)
+        pq.write_table(pa.Table.from_pandas(quarantine, preserve_index=False),
+                       ws.quarantine_dir / f"batch-{len(list(ws.quarantine_dir.glob('*.parquet')))}.parquet")
+    for k, path in files:
+        if k in rewritten:
+            frame = pq.read_table(path).to_pandas()
+            keep = ~(frame[SUBJECT_KEY].isin(erased[0]) | frame[RECORD_KEY].isin(erased[1]))
+            rewrite_partition(path, frame[keep].reset_index(drop=True))
     return {"partitions_rewritten": rewritten, "source_rewritten": _erase_from_source(ws, erased)}
-
-
-def _drop_erased(path: Path, frame: pd.DataFrame, erased: tuple[frozenset[str], frozenset[str]]) -> bool:
-    gone = frame[SUBJECT_KEY].isin(erased[0]) | frame[RECORD_KEY].isin(erased[1])
-    if gone.any():
-        rewrite_partition(path, frame[~gone].reset_index(drop=True))
-    return bool(gone.any())
 
 
 def _erase_from_source(ws: Workspace, erased: tuple[frozenset[str], frozenset[str]]) -> bool:
@@ -224,6 +231,7 @@ def purge(root: Path, *, keep_version: int, request_ids: list[str]) -> dict:
       their runs and logged models deleted and garbage-collected (artifacts included),
       with a tombstone tag on the registered model saying why;
     - DVC cache and remote objects the workspace no longer references (`dvc gc -w -c`);
+    - the quarantined rows kept for the forget-set audit;
     - Prefect result storage (nothing is cached there by design; anything found goes).
     """
     ws = Workspace(root)
@@ -233,9 +241,9 @@ def purge(root: Path, *, keep_version: int, request_ids: list[str]) -> dict:
     removed_checkpoints = store.remove_all_but(keep)
     versions = _purge_model_versions(ws, keep_version=keep_version, request_ids=request_ids)
     lineage.garbage_collect(ws.root)
-    storage = ws.prefect_home / "storage"
-    if storage.exists():
-        shutil.rmtree(storage)
+    for leftover in (ws.prefect_home / "storage", ws.quarantine_dir):
+        if leftover.exists():
+            shutil.rmtree(leftover)
     return {"checkpoints_removed": len(removed_checkpoints), "model_versions_deleted": versions}
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from oblivio.audit.membership import headline, membership_audit
 from oblivio.data.sharding import (
     RECORD_KEY, SHARD, SLICE, SUBJECT_KEY, place, read_holdout, read_shard, record_key, subject_key, write_dataset,
 )
@@ -197,6 +198,12 @@ def holdout_arrays(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
     return holdout[list(cols.features)].to_numpy(np.float64), label_index(ws, holdout[cols.label])
 
 
+def quarantined(ws: Workspace) -> pd.DataFrame | None:
+    """Rows an erasure in progress removed, kept only until the forget-set audit has run."""
+    files = sorted(ws.quarantine_dir.glob("*.parquet")) if ws.quarantine_dir.exists() else []
+    return pd.concat([read_holdout(f) for f in files], ignore_index=True) if files else None
+
+
 def accuracy_report(proba: np.ndarray, y: np.ndarray, labels: list) -> dict:
     pred = proba.argmax(axis=1)
     per_class = {str(lab): float((pred[y == i] == i).mean()) if (y == i).any() else None for i, lab in enumerate(labels)}
@@ -204,7 +211,8 @@ def accuracy_report(proba: np.ndarray, y: np.ndarray, labels: list) -> dict:
 
 
 def evaluate(root: Path, baseline: dict | None = None) -> dict:
-    """Held-out utility of the ensemble (and of each shard and the baseline); writes reports/metrics.json."""
+    """The audit: held-out utility (ensemble, shards, baseline) and the membership-inference
+    attacks; writes reports/metrics.json and the MIA report and ROC plot."""
     ws = Workspace(root)
     ensemble = Ensemble.load(ws.models_dir)
     raw, y = holdout_arrays(ws)
@@ -220,6 +228,11 @@ def evaluate(root: Path, baseline: dict | None = None) -> dict:
         with torch.no_grad():
             base_logits = model(ensemble.featurize(raw)).double().numpy()
         metrics["baseline_accuracy"] = float((base_logits.argmax(1) == y).mean())
+    cols = ws.params.data.columns
+    mia = membership_audit(models_dir=ws.models_dir, shards_dir=ws.shards_dir, holdout_path=ws.holdout_path,
+                           n_shards=ws.params.sisa.shards, features=list(cols.features), label=cols.label,
+                           labels=labels, reports_dir=ws.reports_dir, forget=quarantined(ws), seed=ws.params.seed)
+    metrics["mia"] = headline(mia)
     ws.reports_dir.mkdir(exist_ok=True)
     (ws.reports_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     return metrics

@@ -45,6 +45,11 @@ class Workspace:
         return self.state_dir / "ledger.db"
 
     @property
+    def quarantine_dir(self) -> Path:
+        """Rows being erased, held only until the forget-set audit of the retrained model."""
+        return self.state_dir / "quarantine"
+
+    @property
     def prefect_home(self) -> Path:
         return self.state_dir / "prefect"
 

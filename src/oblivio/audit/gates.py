@@ -62,6 +62,37 @@ def _no_regression(ctx: AuditContext) -> GateResult | None:
                       f"accuracy {delta:+.4f} vs champion ({ctx.champion['accuracy']:.4f}); allowed drop {-threshold}")
 
 
+def _upper_bound(value: float | None, threshold: float, what: str) -> GateResult | None:
+    if value is None:
+        return None
+    passed = value <= threshold + TOLERANCE
+    return GateResult(passed, value, threshold, f"{what} {value:.4f} {'<=' if passed else '>'} {threshold}")
+
+
+@gate("max_mia_auc")
+def _max_mia_auc(ctx: AuditContext) -> GateResult | None:
+    return _upper_bound(ctx.metrics.get("mia", {}).get("max_auc"), ctx.gates.max_mia_auc,
+                        "worst membership-inference AUC (ensemble and shard models)")
+
+
+@gate("max_mia_tpr_at_1pct_fpr")
+def _max_mia_tpr(ctx: AuditContext) -> GateResult | None:
+    return _upper_bound(ctx.metrics.get("mia", {}).get("max_tpr_at_1pct_fpr"),
+                        ctx.gates.max_mia_tpr_at_1pct_fpr, "worst attack TPR at 1% FPR")
+
+
+@gate("max_forget_set_auc")
+def _max_forget_set_auc(ctx: AuditContext) -> GateResult | None:
+    return _upper_bound(ctx.metrics.get("mia", {}).get("forget_set_auc"),
+                        ctx.gates.max_forget_set_auc, "erased rows vs held-out people, attack AUC")
+
+
+@gate("max_epsilon")
+def _max_epsilon(ctx: AuditContext) -> GateResult | None:
+    return _upper_bound(ctx.metrics.get("dp", {}).get("record_epsilon"), ctx.gates.max_epsilon,
+                        "record-level DP epsilon")
+
+
 def evaluate_gates(ctx: AuditContext) -> dict[str, GateResult]:
     """Every applicable gate's verdict, by name."""
     results = {name: fn(ctx) for name, fn in GATES.items()}
