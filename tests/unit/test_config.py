@@ -392,7 +392,7 @@ def test_params_as_flat_dict_uses_dotted_keys_and_lists() -> None:
     # only leaves: no key names a section, every value is a scalar or list
     assert "train" not in flat and "data.columns" not in flat
     assert all(isinstance(v, (int, float, str, bool, list)) for v in flat.values())
-    assert all(re.fullmatch(r"[a-z_]+(\.[a-z_]+)*", k) for k in flat)
+    assert all(re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*", k) for k in flat)
 
 
 def test_parse_does_not_mutate_input() -> None:
