@@ -184,6 +184,25 @@ def cmd_verify(args) -> int:
     return 0 if result["ok"] else 3
 
 
+def cmd_review(args) -> int:
+    ws = _workspace(args)
+    from oblivio.registry import review
+    from oblivio.report import render_review
+
+    result = review(ws.root, version=args.version, alias=args.alias)
+    _emit(result, args.json, render_review(result))
+    return 0
+
+
+def cmd_approve(args) -> int:
+    ws = _workspace(args)
+    from oblivio.registry import approve
+
+    result = approve(ws.root, args.version, by=args.by)
+    _emit(result, args.json, f"v{result['model_version']} is now champion (approved by {result['approved_by']})")
+    return 0
+
+
 def cmd_stage(args) -> int:
     """One dvc.yaml stage, run without Prefect: what `dvc repro` calls."""
     ws = _workspace(args)
@@ -252,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", default="champion", help="model alias to verify (default champion)")
     p.add_argument("--replay", type=int, default=0, metavar="K",
                    help="also retrain K random slices from their parent checkpoints and compare bits")
+
+    p = command("review", cmd_review, "a model version's audit beside the champion's (default: the candidate)")
+    p.add_argument("version", nargs="?", type=int, help="model version number")
+    p.add_argument("--alias", help="review the version with this alias (candidate, champion)")
+
+    p = command("approve", cmd_approve, "make a version champion by hand (when gates.require_approval is on)")
+    p.add_argument("version", type=int)
+    p.add_argument("--by", required=True, help="who approves (recorded on the version)")
 
     p = command("stage", cmd_stage, "run one dvc.yaml stage without Prefect (what `dvc repro` calls)")
     p.add_argument("stage", choices=["ingest", "train", "evaluate"])

@@ -60,6 +60,7 @@ class DpParams:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "prv"  # prv | rdp
+    grad_sample_mode: str = "ghost"  # ghost (ghost clipping, fastest here) | hooks
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ CHOICES = {
     "sisa.aggregation": ("mean_proba", "majority_vote"),
     "train.model": ("mlp", "cnn"),
     "dp.accountant": ("prv", "rdp"),
+    "dp.grad_sample_mode": ("ghost", "hooks"),
     "executor.kind": ("sequential", "thread", "process", "dask"),
 }
 POSITIVE = {"sisa.slices", "train.epochs_per_slice", "train.batch_size", "executor.max_workers"}
@@ -193,8 +195,12 @@ def _check_ranges(params: Params, errors: list[str]) -> None:
         errors.append(f"data.label_domain must list at least two labels, got {list(params.data.label_domain)}")
     if not params.data.columns.features:
         errors.append("data.columns.features must list at least one feature column")
-    if params.dp.enabled and params.dp.target_epsilon <= 0:
+    if params.dp.target_epsilon <= 0:
         errors.append(f"dp.target_epsilon must be > 0, got {params.dp.target_epsilon}")
+    if not 0 < params.dp.delta < 1:
+        errors.append(f"dp.delta must be in (0, 1), got {params.dp.delta}")
+    if params.dp.max_grad_norm <= 0:
+        errors.append(f"dp.max_grad_norm must be > 0, got {params.dp.max_grad_norm}")
 
 
 def _read_yaml(path: Path) -> Any:

@@ -7,6 +7,8 @@ ends up in Prefect's result storage. The Prefect flow and the `oblivio stage` co
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from oblivio.audit.membership import headline, membership_audit
 from oblivio.data.sharding import (
@@ -24,7 +27,7 @@ from oblivio.data.sharding import (
 from oblivio.data.sources import load_source
 from oblivio.data.validate import check_columns, numpy_numeric, validate
 from oblivio.ensemble import MANIFEST, Ensemble, aggregate, shard_file
-from oblivio.errors import DataError
+from oblivio.errors import DataError, IntegrityError
 from oblivio.keys import keyed_int
 from oblivio.training.nets import featurize, input_width
 from oblivio.training.sisa import CheckpointStore, Recipe, ShardData, load_final_model, train_shard
@@ -96,7 +99,9 @@ def ingest(root: Path) -> dict:
         raise DataError(f"After the holdout split, {'training' if train.empty else 'held-out'} data is empty "
                         f"({len(df)} rows). Add data or change data.holdout_fraction.")
     write_dataset(train, holdout, shards_dir=ws.shards_dir, holdout_path=ws.holdout_path, shards=params.sisa.shards)
+    calibration = calibrate_dp(ws, train)
     return {
+        "dp_noise_multiplier": calibration["noise_multiplier"] if calibration else None,
         "n_records": int(len(train)),
         "n_subjects": int(train[SUBJECT_KEY].nunique()),
         "n_holdout_records": int(len(holdout)),
@@ -115,7 +120,59 @@ def recipe_for(ws: Workspace) -> Recipe:
     return Recipe(model=p.train.model, hidden=p.train.hidden,
                   n_inputs=input_width(len(p.data.columns.features), p.train.model),
                   n_classes=len(p.data.label_domain), epochs_per_slice=p.train.epochs_per_slice,
-                  batch_size=p.train.batch_size, lr=p.train.lr, weight_decay=p.train.weight_decay, seed=p.seed)
+                  batch_size=p.train.batch_size, lr=p.train.lr, weight_decay=p.train.weight_decay, seed=p.seed,
+                  dp=dp_spec(ws))
+
+
+def _dp_calibration_key(ws: Workspace) -> str:
+    p = ws.params
+    inputs = [p.dp.target_epsilon, p.dp.delta, p.dp.accountant, p.train.batch_size, p.train.epochs_per_slice,
+              p.sisa.shards, p.sisa.slices]
+    return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
+
+
+def calibrate_dp(ws: Workspace, train: pd.DataFrame) -> dict | None:
+    """Pin one noise multiplier for every shard, the first time DP is on with these settings.
+
+    The largest multiplier any shard needs to stay within `target_epsilon` over all its
+    stages. It is pinned, not recomputed per run: a multiplier that followed the shard
+    sizes would change after every erasure, change the recipe, and retrain every shard.
+    Each shard's epsilon is then accounted from what it actually trained on.
+    """
+    p = ws.params
+    if not p.dp.enabled:
+        return None
+    key = _dp_calibration_key(ws)
+    if ws.dp_calibration_path.exists():
+        pinned = json.loads(ws.dp_calibration_path.read_text())
+        if pinned["key"] == key:
+            return pinned
+    from oblivio.training.dp import calibrate_shard_noise, stage_sizes
+
+    sigmas = [calibrate_shard_noise(stage_sizes(part[SLICE].to_numpy(), p.sisa.slices), batch_size=p.train.batch_size,
+                                    epochs_per_slice=p.train.epochs_per_slice, target_epsilon=p.dp.target_epsilon,
+                                    delta=p.dp.delta, accountant=p.dp.accountant)
+              for _, part in train.groupby(SHARD)]
+    pinned = {"key": key, "noise_multiplier": max(sigmas), "target_epsilon": p.dp.target_epsilon,
+              "delta": p.dp.delta, "accountant": p.dp.accountant}
+    ws.dp_calibration_path.parent.mkdir(parents=True, exist_ok=True)
+    ws.dp_calibration_path.write_text(json.dumps(pinned, indent=1))
+    return pinned
+
+
+def dp_spec(ws: Workspace):
+    """The recipe's DP part, from the pinned calibration; None when DP is off."""
+    p = ws.params.dp
+    if not p.enabled:
+        return None
+    pinned = json.loads(ws.dp_calibration_path.read_text()) if ws.dp_calibration_path.exists() else None
+    if pinned is None or pinned["key"] != _dp_calibration_key(ws):
+        raise IntegrityError("DP is on but its noise has not been calibrated for these settings; "
+                             "run `oblivio run` (its ingest step calibrates it).")
+    from oblivio.training.dp import DpSpec
+
+    return DpSpec(noise_multiplier=pinned["noise_multiplier"], max_grad_norm=p.max_grad_norm, delta=p.delta,
+                  accountant=p.accountant, target_epsilon=p.target_epsilon, grad_sample_mode=p.grad_sample_mode)
 
 
 def label_index(ws: Workspace, labels: pd.Series) -> np.ndarray:
@@ -162,14 +219,14 @@ def publish_models(root: Path, shard_results: list[dict]) -> dict:
     recipe = recipe_for(ws)
     ordered = sorted(shard_results, key=lambda r: r["index"])
     manifest = {
-        "recipe": {**recipe.__dict__, "hidden": list(recipe.hidden)},
+        "recipe": json.loads(json.dumps(dataclasses.asdict(recipe))),
         "recipe_sha256": recipe.digest(),
         "features": list(params.data.columns.features),
         "labels": list(params.data.label_domain),
         "aggregation": params.sisa.aggregation,
         "n_slices": params.sisa.slices,
-        "shards": [{k: r[k] for k in ("index", "shard", "n_records", "commitments", "chain", "weights_sha256")}
-                   for r in ordered],
+        "shards": [{k: r.get(k) for k in ("index", "shard", "n_records", "commitments", "chain", "weights_sha256",
+                                          "epsilon")} for r in ordered],
     }
     staging = Path(tempfile.mkdtemp(prefix=".models-", dir=ws.root))
     try:
@@ -196,6 +253,19 @@ def holdout_arrays(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
     holdout = read_holdout(ws.holdout_path)
     cols = ws.params.data.columns
     return holdout[list(cols.features)].to_numpy(np.float64), label_index(ws, holdout[cols.label])
+
+
+def privacy_report(ws: Workspace, spec) -> dict:
+    """The ensemble's DP guarantee from each shard's own accounting (see training/dp.py)."""
+    from oblivio.training.dp import ensemble_privacy
+
+    manifest = json.loads((ws.models_dir / MANIFEST).read_text())
+    subjects = pd.concat([pq.read_table(p, columns=[SUBJECT_KEY]).to_pandas()
+                          for p in ws.shards_dir.glob("shard=*/part.parquet")])
+    report = ensemble_privacy([s["epsilon"] for s in manifest["shards"]], delta=spec.delta,
+                              max_records_per_subject=int(subjects.groupby(SUBJECT_KEY).size().max()))
+    return {**report, "accountant": spec.accountant, "noise_multiplier": spec.noise_multiplier,
+            "max_grad_norm": spec.max_grad_norm, "shard_epsilons": [s["epsilon"] for s in manifest["shards"]]}
 
 
 def quarantined(ws: Workspace) -> pd.DataFrame | None:
@@ -233,6 +303,8 @@ def evaluate(root: Path, baseline: dict | None = None) -> dict:
                            n_shards=ws.params.sisa.shards, features=list(cols.features), label=cols.label,
                            labels=labels, reports_dir=ws.reports_dir, forget=quarantined(ws), seed=ws.params.seed)
     metrics["mia"] = headline(mia)
+    if ensemble.recipe.dp is not None:
+        metrics["dp"] = privacy_report(ws, ensemble.recipe.dp)
     ws.reports_dir.mkdir(exist_ok=True)
     (ws.reports_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     return metrics

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 from oblivio import tracking
 from oblivio.audit.gates import AuditContext, GateResult, all_passed, evaluate_gates
 from oblivio.config import params_as_flat_dict
 from oblivio.data.sharding import SUBJECT_KEY
+from oblivio.errors import OblivioError
 from oblivio.report import render_version_report
 from oblivio.workspace import Workspace
 
@@ -97,3 +99,61 @@ def promote(root: Path, registered: dict) -> dict:
     tracking.version_tags(cfg, version, {"oblivio.promotion": decision})
     aliases = tracking.version_info(cfg, version)["aliases"]
     return {"aliases": sorted(aliases), "promoted": cfg.champion_alias in aliases, "decision": decision}
+
+
+def version_review(ws: Workspace, version: int) -> dict:
+    """What the registry says about a version, parsed for the terminal and for scripts."""
+    info = tracking.version_info(ws.mlflow, version)
+    tags = info["tags"]
+    gates = json.loads(tags.get("oblivio.gates", "{}"))
+    return {"version": info["version"], "aliases": sorted(info["aliases"]), "description": info["description"],
+            "data_version": tags.get("oblivio.dataset_version", ""),
+            "metrics": json.loads(tags.get("oblivio.metrics", "{}")), "gates": gates,
+            "gates_passed": tags.get("oblivio.gates_passed") == "true",
+            "failed_gates": [name for name, g in gates.items() if not g["passed"]],
+            "promotion": tags.get("oblivio.promotion", ""), "approved_by": tags.get("oblivio.approved_by")}
+
+
+def review(root: Path, *, version: int | None = None, alias: str | None = None) -> dict:
+    """A version (default: the candidate) beside the current champion."""
+    ws = Workspace(root)
+    cfg = ws.mlflow
+    chosen = version or tracking.alias_version(cfg, alias or cfg.candidate_alias)
+    if chosen is None:
+        raise OblivioError(f"No model version to review: alias {alias or cfg.candidate_alias!r} is not set in "
+                           f"{cfg.model_name!r}. Run `oblivio run` first, or name a VERSION.")
+    candidate = _existing_version(ws, chosen)
+    champion_version = tracking.alias_version(cfg, cfg.champion_alias)
+    champion = version_review(ws, champion_version) if champion_version else None
+    return {"model_name": cfg.model_name, "candidate": candidate, "champion": champion}
+
+
+def _existing_version(ws: Workspace, version: int) -> dict:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return version_review(ws, version)
+    except MlflowException:
+        raise OblivioError(f"{ws.mlflow.model_name!r} has no version {version} (it may have been purged after "
+                           "an erasure; `oblivio review` with no argument shows the candidate).") from None
+
+
+def approve(root: Path, version: int, *, by: str) -> dict:
+    """A person's approval: `champion` for a version that passed every gate on current data."""
+    ws = Workspace(root)
+    cfg = ws.mlflow
+    v = _existing_version(ws, version)
+    if not v["gates_passed"]:
+        raise OblivioError(f"v{version} failed gate(s) {', '.join(v['failed_gates'])}: it cannot be approved. "
+                           "Fix the cause and run the pipeline again.")
+    from oblivio import lineage
+
+    if v["data_version"] != lineage.dataset_version(ws.root):
+        raise OblivioError(f"v{version} was trained on data version {v['data_version'][:12]}, which is no longer "
+                           "current (records were erased or added since): approve a version of the current data.")
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    tracking.set_alias(cfg, cfg.champion_alias, version)
+    tracking.version_tags(cfg, version, {"oblivio.approved_by": by, "oblivio.approved_at": when,
+                                         "oblivio.promotion": f"promoted to champion, approved by {by}"})
+    return {"model_version": version, "aliases": sorted(tracking.version_info(cfg, version)["aliases"]),
+            "approved_by": by, "approved_at": when}

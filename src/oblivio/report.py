@@ -27,9 +27,55 @@ def render_version_report(summary: dict) -> str:
     lines += ["", "| gate | value | threshold | verdict |", "| --- | --- | --- | --- |"]
     for name, g in summary["gates"].items():
         lines.append(f"| {name} | {_fmt(g['value'])} | {_fmt(g['threshold'])} | {'pass' if g['passed'] else '**FAIL**'} |")
+    mia = m.get("mia")
+    if mia:
+        lines += ["", "**Membership inference** (higher = leakier; 0.5 AUC is chance):",
+                  f"- ensemble, population attack: AUC {_fmt(mia['ensemble_auc'])}, "
+                  f"TPR@1%FPR {_fmt(mia['ensemble_tpr_at_1pct_fpr'])}",
+                  f"- shard models, offline LiRA (the other shards as references): mean AUC "
+                  f"{_fmt(mia['shard_auc_mean'])}, worst AUC {_fmt(mia['max_auc'])}, "
+                  f"worst TPR@1%FPR {_fmt(mia['max_tpr_at_1pct_fpr'])}, TPR@0.1%FPR {_fmt(mia['max_tpr_at_0_1pct_fpr'])}"]
+        if "forget_set_auc" in mia:
+            lines.append(f"- erased rows vs held-out people: AUC {_fmt(mia['forget_set_auc'])} (should be near 0.5)")
+        lines.append("- few reference models make the 0.1% FPR figure noisy; see mia.json for intervals")
+    dp = m.get("dp")
+    if dp:
+        lines += ["", f"**Differential privacy** (DP-SGD, {dp.get('accountant', '')} accountant): record-level "
+                  f"epsilon {_fmt(dp['record_epsilon'])} at delta {dp['delta']:g} (max over disjoint shards); "
+                  f"subject-level bound epsilon {_fmt(dp['subject_epsilon'])} for up to "
+                  f"{dp['max_records_per_subject']} records per subject. {dp.get('note', '')}"]
+    elif "mia" in m:
+        lines += ["", "**Differential privacy**: off (no formal guarantee; the MIA audit is the evidence)."]
     if summary.get("requests"):
-        lines += ["", f"Deletion requests applied since the previous version: {', '.join(summary['requests'])}"]
+        lines += ["", f"Deletion requests applied in this version: {', '.join(summary['requests'])}"]
     return "\n".join(lines)
+
+
+def render_review(review: dict) -> str:
+    """Candidate and champion side by side, then the candidate's full report."""
+    cand, champ = review["candidate"], review.get("champion")
+    rows = [("version", "v{version}"), ("aliases", "{aliases}"), ("data version", "{data}"),
+            ("accuracy", "{accuracy}"), ("MIA worst AUC", "{mia_auc}"), ("MIA worst TPR@1%", "{mia_tpr}"),
+            ("DP epsilon", "{epsilon}"), ("gates", "{gates}"), ("promotion", "{promotion}")]
+
+    def cells(v: dict | None) -> dict:
+        if not v:
+            return {k: "–" for k in ("version", "aliases", "data", "accuracy", "mia_auc", "mia_tpr", "epsilon",
+                                     "gates", "promotion")}
+        m = v["metrics"]
+        return {"version": v["version"], "aliases": ",".join(v["aliases"]) or "–", "data": v["data_version"][:12],
+                "accuracy": _fmt(m.get("accuracy")), "mia_auc": _fmt(m.get("mia", {}).get("max_auc")),
+                "mia_tpr": _fmt(m.get("mia", {}).get("max_tpr_at_1pct_fpr")),
+                "epsilon": _fmt(m.get("dp", {}).get("record_epsilon")) if m.get("dp") else "off",
+                "gates": "all passed" if v["gates_passed"] else "FAILED: " + ", ".join(v["failed_gates"]),
+                "promotion": v["promotion"]}
+
+    left, right = cells(cand), cells(champ)
+    width = max(len(r[0]) for r in rows)
+    out = [f"{'':<{width}}  {'this version':<28}  champion"]
+    for label, template in rows:
+        out.append(f"{label:<{width}}  {template.format(**left):<28}  {template.format(**right)}")
+    return "\n".join(out) + "\n\n" + cand["description"]
 
 
 def render_run_summary(result: dict) -> str:

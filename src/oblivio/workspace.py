@@ -45,6 +45,11 @@ class Workspace:
         return self.state_dir / "ledger.db"
 
     @property
+    def dp_calibration_path(self) -> Path:
+        """The pinned DP noise multiplier (see pipeline.calibrate_dp)."""
+        return self.state_dir / "dp-calibration.json"
+
+    @property
     def quarantine_dir(self) -> Path:
         """Rows being erased, held only until the forget-set audit of the retrained model."""
         return self.state_dir / "quarantine"

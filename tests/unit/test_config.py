@@ -264,10 +264,12 @@ def test_missing_features_and_single_label_are_rejected() -> None:
     assert any(m.startswith("data.columns.features must list at least one") for m in msgs)
 
 
-def test_dp_epsilon_must_be_positive_only_when_enabled() -> None:
-    assert parse_params(minimal_raw(dp={"enabled": False, "target_epsilon": 0})).dp.target_epsilon == 0.0
-    with pytest.raises(ConfigError, match=r"dp.target_epsilon must be > 0"):
-        parse_params(minimal_raw(dp={"enabled": True, "target_epsilon": 0}))
+@pytest.mark.parametrize("enabled", [True, False])
+def test_dp_values_are_checked_even_when_disabled(enabled: bool) -> None:
+    """A wrong DP setting is a mistake waiting for the day DP is switched on."""
+    with pytest.raises(ConfigError, match=r"dp.target_epsilon must be > 0") as err:
+        parse_params(minimal_raw(dp={"enabled": enabled, "target_epsilon": 0, "delta": 2.0}))
+    assert "dp.delta must be in (0, 1)" in str(err.value)
 
 
 def test_load_params_missing_file_and_bad_yaml(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from oblivio.keys import derive_seed
-from oblivio.training.dp import DpSpec
+from oblivio.training.dp import DpSpec, DpTrainer, epsilon_of
 from oblivio.training.nets import build_model
 
 Progress = Callable[[str], None]
@@ -203,8 +203,6 @@ def train_shard(data: ShardData, *, recipe: Recipe, shard: str, n_slices: int, s
     y_all = torch.from_numpy(np.array(data.y, dtype=np.int64))
     trainer = None
     if recipe.dp is not None and done + 1 < n_slices:
-        from oblivio.training.dp import DpTrainer
-
         trainer = DpTrainer(model, optimizer, recipe.dp, dp_history)
     for stage in range(done + 1, n_slices):
         seen = torch.from_numpy(np.flatnonzero(data.slices <= stage))
@@ -229,8 +227,6 @@ def train_shard(data: ShardData, *, recipe: Recipe, shard: str, n_slices: int, s
         trainer.close()
     result.weights_sha256 = weights_digest(model.state_dict())
     if recipe.dp is not None:
-        from oblivio.training.dp import epsilon_of
-
         result.dp_history = [list(h) for h in dp_history]
         result.epsilon = epsilon_of(dp_history, delta=recipe.dp.delta, accountant=recipe.dp.accountant)
     result.seconds = time.perf_counter() - began
