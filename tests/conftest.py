@@ -45,8 +45,10 @@ FAST = {
     "train": {"hidden": [16], "epochs_per_slice": 2, "batch_size": 32},
     "report": {"baseline": False},
     "executor": {"kind": "thread", "max_workers": 2},
-    "gates": {"min_accuracy": 0.5},
+    # tiny data: one retrained shard can move accuracy by a few points
+    "gates": {"min_accuracy": 0.5, "max_accuracy_regression": 0.2},
 }
+TEST_SECRET = "5eed" * 16  # tests place records the same way on every run: no flaky shard layouts
 
 
 def set_params(ws: Path, updates: dict) -> None:
@@ -64,6 +66,7 @@ def csv_workspace(root: Path, table: pd.DataFrame | None = None, **extra) -> Pat
     """A workspace on a user CSV file, small enough to train in seconds."""
     ws = root / "ws"
     cli(None, "init", str(ws))
+    (ws / ".oblivio" / "secret").write_text(TEST_SECRET + "\n")
     (table if table is not None else synthetic_table()).to_csv(ws / "table.csv", index=False)
     set_params(ws, {**FAST, "data": {"source": "table.csv", "min_rows": 50,
                                      "columns": {"record_id": "rid", "subject_id": "person", "label": "y",

@@ -42,8 +42,6 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("alembic").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="mlflow")
-    warnings.filterwarnings("ignore", message=".*input example.*")
-    warnings.filterwarnings("ignore", message=".*dataset source can be interpreted.*")
 
 
 def _runner(ws, args):
@@ -142,12 +140,56 @@ def cmd_forget(args) -> int:
         ledger.close()
     note = "recorded" if created else f"already recorded ({request.status})"
     if not args.wait:
-        _emit({"request_ids": [request.id], "status": request.status, "created": created}, args.json,
-              f"{request.id} {note}; `oblivio process` (or a running `oblivio serve`) will apply it")
+        announced = created and _announce(ws, request.id)
+        follow = ("the running `oblivio serve` was notified" if announced
+                  else "`oblivio process` (or a running `oblivio serve`) will apply it")
+        _emit({"request_ids": [request.id], "status": request.status, "created": created, "announced": announced},
+              args.json, f"{request.id} {note}; {follow}")
         return 0
     result = _process(ws, args, trigger="forget")
     result["request_ids"] = sorted(set(result["request_ids"]) | {request.id})
     _emit(result, args.json, f"{request.id} {note}\n" + _process_summary(result))
+    return 0
+
+
+def _announce(ws, request_id: str) -> bool:
+    """With `oblivio serve` running, an event starts the deletion flow within seconds."""
+    from flows.serve import serving_api
+
+    api_url = serving_api(ws.serve_state_path)
+    if api_url is None:
+        return False
+    os.environ["PREFECT_API_URL"] = api_url
+    from flows.deployments import announce_request
+
+    announce_request(str(ws.root), request_id)
+    return True
+
+
+def cmd_serve(args) -> int:
+    ws = _workspace(args)
+    from flows.serve import serve_workspace
+
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
+        from oblivio.errors import OblivioError
+
+        raise OblivioError(f"--host {args.host} would expose the Prefect API beyond this machine; "
+                           "add --allow-remote if that is intended (and put authentication in front of it).")
+
+    def ready(api_url: str, names: list[str]) -> None:
+        print(f"serving {', '.join(names)} on {api_url} (Ctrl-C stops; deployments stay active)", file=sys.stderr,
+              flush=True)
+
+    import signal
+
+    def stop(signum, frame):  # `kill`/systemd stop: shut down like Ctrl-C (server stopped, state removed)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    schedule = ws.params.schedule
+    serve_workspace(ws.root, n_shards=ws.params.sisa.shards, cron=schedule.cron, timezone=schedule.timezone,
+                    host=args.host, port=args.port, state_file=ws.serve_state_path,
+                    log_path=ws.state_dir / "prefect-server.log", ready=ready)
     return 0
 
 
@@ -263,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("process", cmd_process, "apply every pending request in one batch (each shard retrained once)")
     _add_executor_options(p)
+
+    p = command("serve", cmd_serve, "serve the scheduled pipeline and the deletion processor on a Prefect server")
+    p.add_argument("--host", default="127.0.0.1", help="bind address of the Prefect server (default loopback)")
+    p.add_argument("--port", type=int, default=4200)
+    p.add_argument("--allow-remote", action="store_true", help="permit a non-loopback --host")
 
     p = command("requests", cmd_requests, "list the deletion ledger")
     p.add_argument("--status", choices=["pending", "applied", "promoted", "rejected", "failed"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,11 @@ def log_pipeline_run(cfg: MlflowConfig, *, run_name: str, params: dict[str, Any]
 
     mlflow = _mlflow(cfg)
     experiment_id = ensure_experiment(cfg)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as parent:
+    with warnings.catch_warnings(), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as parent:
+        # we log no input example on purpose (training rows are personal data), and our
+        # dataset source is a plain local path: MLflow's advice on both is noise here
+        warnings.filterwarnings("ignore", message=".*input example.*")
+        warnings.filterwarnings("ignore", message=".*dataset source can be interpreted.*")
         mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()})
         mlflow.set_tags(tags)
         mlflow.log_input(_dataset("train-shards", dataset["version"], dataset["uri"], features), context="training")

@@ -45,6 +45,11 @@ class Workspace:
         return self.state_dir / "ledger.db"
 
     @property
+    def serve_state_path(self) -> Path:
+        """Written by a running `oblivio serve`: where to announce new requests."""
+        return self.state_dir / "serve.json"
+
+    @property
     def dp_calibration_path(self) -> Path:
         """The pinned DP noise multiplier (see pipeline.calibrate_dp)."""
         return self.state_dir / "dp-calibration.json"

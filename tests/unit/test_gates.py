@@ -164,3 +164,34 @@ def test_registry_is_back_to_the_built_in_gates() -> None:
     # runs after the tests above (file order): the fixture restored the registry
     assert GATES == BUILT_IN
     assert {"min_accuracy", "no_regression"} <= set(GATES)
+
+
+# --- privacy gates ----------------------------------------------------------------------
+
+def _ctx(metrics: dict) -> AuditContext:
+    return AuditContext(metrics={"accuracy": 0.8, **metrics}, champion=None, gates=GateParams())
+
+
+def test_privacy_gates_absent_without_their_audits() -> None:
+    names = set(evaluate_gates(_ctx({})))
+    assert not names & {"max_mia_auc", "max_mia_tpr_at_1pct_fpr", "max_forget_set_auc", "max_epsilon"}
+
+
+@pytest.mark.parametrize("auc, passed", [(0.60, True), (0.75, True), (0.7501, False)])
+def test_mia_auc_gate_is_an_upper_bound(auc: float, passed: bool) -> None:
+    result = evaluate_gates(_ctx({"mia": {"max_auc": auc, "max_tpr_at_1pct_fpr": 0.01}}))
+    assert result["max_mia_auc"].passed is passed and result["max_mia_auc"].threshold == 0.75
+    assert result["max_mia_tpr_at_1pct_fpr"].passed is True
+
+
+def test_epsilon_gate_reads_the_record_level_epsilon() -> None:
+    assert evaluate_gates(_ctx({"dp": {"record_epsilon": 12.0}}))["max_epsilon"].passed is False
+    assert evaluate_gates(_ctx({"dp": {"record_epsilon": 7.9}}))["max_epsilon"].passed is True
+
+
+@pytest.mark.parametrize("low, passed", [(0.40, True), (0.59, True), (0.65, False)])
+def test_forget_set_gate_fails_only_on_significant_leakage(low: float, passed: bool) -> None:
+    """A point AUC of 0.9 on three rows is noise; only the interval's lower end decides."""
+    mia = {"forget_set_auc": 0.9, "forget_set_auc_low": low, "forget_set_size": 3}
+    result = evaluate_gates(_ctx({"mia": mia}))["max_forget_set_auc"]
+    assert result.passed is passed and result.value == 0.9 and "(3)" in result.detail

@@ -83,8 +83,16 @@ def _max_mia_tpr(ctx: AuditContext) -> GateResult | None:
 
 @gate("max_forget_set_auc")
 def _max_forget_set_auc(ctx: AuditContext) -> GateResult | None:
-    return _upper_bound(ctx.metrics.get("mia", {}).get("forget_set_auc"),
-                        ctx.gates.max_forget_set_auc, "erased rows vs held-out people, attack AUC")
+    """Erased rows must score like non-members. A handful of rows gives a wide interval, so
+    the gate fails only when even the interval's lower end is above the threshold."""
+    mia = ctx.metrics.get("mia", {})
+    if "forget_set_auc" not in mia:
+        return None
+    low, value, threshold = mia["forget_set_auc_low"], mia["forget_set_auc"], ctx.gates.max_forget_set_auc
+    passed = low <= threshold + TOLERANCE
+    return GateResult(passed, value, threshold,
+                      f"erased rows ({mia['forget_set_size']}) vs held-out people: attack AUC {value:.4f}, "
+                      f"95% interval from {low:.4f} {'<=' if passed else '>'} {threshold}")
 
 
 @gate("max_epsilon")

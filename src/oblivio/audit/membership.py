@@ -82,4 +82,6 @@ def headline(summary: dict) -> dict:
     }
     if "forget_set" in summary:
         out["forget_set_auc"] = summary["forget_set"]["auc"]
+        out["forget_set_auc_low"] = summary["forget_set"]["intervals"]["auc"]["low"]
+        out["forget_set_size"] = summary["forget_set"]["n_members"]
     return out

@@ -1,0 +1,1 @@
+"""Oblivio's benchmarks: `.venv/bin/python bench/run.py [--quick] [--only NAME,...]` (or `make bench`)."""

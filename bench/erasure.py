@@ -1,0 +1,175 @@
+"""Section `erasure`: what honouring a deletion request costs, next to retraining everything.
+
+SISA's promise is that erasing one person retrains one shard from the first slice that
+held their records. Here that is checked on wall clock, as a user sees it: one
+`forget --wait` against a full `run --from-scratch` of the same workspace, on the
+default table and on one ten times larger (the speed-up should grow with the data, as
+the fixed costs stay fixed); the DVC bytes one erasure adds; and a batch of requests
+against the same requests one by one.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from itertools import zip_longest
+from pathlib import Path
+
+from bench.common import (
+    QUICK_PARAMS, Section, Settings, Table, cli_json, dir_bytes, figures, file_sizes, flow_phases, log,
+    make_workspace, phase_table, secs, times, training_subjects, verdict,
+)
+
+BATCH = 100
+COPIES = 10
+SPEEDUP_BARS = {"default": 4.0, "10x": 8.0}
+
+
+# --- one erasure vs a full retrain ----------------------------------------------------
+
+def retrained_seconds(ws: Path, version: int) -> float:
+    """Training seconds of the shards an erasure retrained: the compute no erasure can skip.
+
+    `forget --json` says which slices were retrained, not how long they took; the flow
+    logs each shard's `train_seconds` to an MLflow child run of the new model version.
+    """
+    from oblivio import tracking
+    from oblivio.workspace import Workspace
+
+    cfg = Workspace(ws).mlflow
+    client = tracking.client(cfg)
+    run_id = client.get_model_version(cfg.model_name, str(version)).run_id
+    experiment = client.get_experiment_by_name(cfg.experiment).experiment_id
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run_id}'")
+    return sum(r.data.metrics["train_seconds"] for r in children if r.data.metrics["slices_trained"] > 0)
+
+
+def forget_vs_retrain(ws: Path) -> dict:
+    """Train `ws`, erase one person of shard 0, then retrain everything from scratch."""
+    trained, _ = cli_json(ws, "run", "--no-baseline")  # also pays Prefect's first-start migrations
+    subject = training_subjects(ws)[0][0]
+    cache = ws / ".dvc" / "cache"
+    before, shards_bytes = file_sizes(cache), dir_bytes(ws / "data" / "shards")
+    forgot, forget_wall = cli_json(ws, "forget", "--subject", subject, "--wait")
+    forget_phases = flow_phases(ws, forget_wall)
+    after = file_sizes(cache)
+    floor = retrained_seconds(ws, forgot["model_version"])
+    full, full_wall = cli_json(ws, "run", "--from-scratch", "--no-baseline")
+    return {
+        "n_records": trained["n_records"], "records_removed": forgot["records_removed"],
+        "slices_retrained": forgot["slices_retrained"], "shards_retrained": forgot["shards_retrained"],
+        "slice_stages": trained["n_shards"] * trained["n_slices"], "decision": forgot["decision"],
+        "forget_wall": forget_wall, "forget_flow": forgot["seconds"], "compute_floor": floor,
+        "full_wall": full_wall, "full_flow": full["seconds"],
+        "cache_added": sum(size for path, size in after.items() if path not in before),
+        "cache_net": sum(after.values()) - sum(before.values()), "shards_bytes": shards_bytes,
+        "phases": {"forget": forget_phases, "run --from-scratch": flow_phases(ws, full_wall)},
+    }
+
+
+def comparison_table(results: dict[str, dict]) -> Table:
+    """One column per table size; the speed-up row carries that size's bar."""
+    rows = [
+        ("training records", lambda r, _: f"{r['n_records']:,}"),
+        ("erased: records of one person", lambda r, _: str(r["records_removed"])),
+        ("`forget --subject X --wait` wall", lambda r, _: secs(r["forget_wall"])),
+        ("... of which the flow", lambda r, _: secs(r["forget_flow"])),
+        ("slice stages retrained", lambda r, _: f"{r['slices_retrained']} of {r['slice_stages']} "
+                                                f"(shard {r['shards_retrained']})"),
+        ("compute floor: training s of the retrained slices", lambda r, _: secs(r["compute_floor"])),
+        ("forget wall / compute floor", lambda r, _: times(r["forget_wall"] / r["compute_floor"])),
+        ("`run --from-scratch --no-baseline` wall", lambda r, _: secs(r["full_wall"])),
+        ("**speed-up: full retrain / forget**", lambda r, bar: f"**{times(r['full_wall'] / r['forget_wall'])}** "
+                                                               f"(bar >= {bar:g}x: {verdict(r['full_wall'] / r['forget_wall'] >= bar)})"),
+        ("DVC cache bytes added by the erasure", lambda r, _: f"{r['cache_added']:,}"),
+        ("size of data/shards", lambda r, _: f"{r['shards_bytes']:,}"),
+        ("added / data/shards", lambda r, _: f"{r['cache_added'] / r['shards_bytes']:.2f}"),
+        ("DVC cache net change (after `dvc gc`)", lambda r, _: f"{r['cache_net']:+,}"),
+        ("promotion of the post-erasure model", lambda r, _: r["decision"]),
+    ]
+    table = Table(["figure", *results])
+    for label, cell in rows:
+        table.rows.append([label, *(cell(r, SPEEDUP_BARS[name]) for name, r in results.items())])
+    return table
+
+
+# --- the 10x table --------------------------------------------------------------------
+
+def ten_times_nlswork(path: Path) -> Path:
+    """nlswork ten times over, same schema: fresh record ids, subjects idcode + k*100000.
+
+    It lives outside the workspace, as an upstream table would: erasure then keeps the
+    file and relies on tombstones, exactly as with the built-in source.
+    """
+    import pandas as pd
+
+    from oblivio.data.sources import load_nlswork
+
+    base = load_nlswork()
+    copies = [base.assign(record_id=base["record_id"] + f"-copy{k}", idcode=base["idcode"] + k * 100_000)
+              for k in range(COPIES)]
+    pd.concat(copies, ignore_index=True).to_parquet(path, index=False)
+    return path
+
+
+def ten_times_updates(settings: Settings) -> dict:
+    source = ten_times_nlswork(settings.scratch / "nlswork-x10.parquet")
+    limit = COPIES * QUICK_PARAMS["data"]["limit_subjects"] if settings.quick else 0
+    return {"data": {"source": str(source), "limit_subjects": limit}}
+
+
+# --- a batch vs one by one ------------------------------------------------------------
+
+def round_robin(people: list[tuple[str, int]], n: int) -> list[str]:
+    """`n` people taken from each shard in turn: one-by-one requests that touch different shards."""
+    by_shard: dict[int, list[str]] = defaultdict(list)
+    for subject, shard in people:
+        by_shard[shard].append(subject)
+    order = [s for group in zip_longest(*by_shard.values()) for s in group if s is not None]
+    return order[:n]
+
+
+def batch_vs_one_by_one(ws: Path, n: int, scratch: Path) -> dict:
+    """`n` erasures with `forget --wait` each, then BATCH others in one request and one `process`."""
+    people = training_subjects(ws)
+    singles = round_robin(people, n)
+    rest = [s for s, _ in people if s not in set(singles)]
+    batch = rest[::max(1, len(rest) // BATCH)][:BATCH]
+    walls = [cli_json(ws, "forget", "--subject", s, "--wait")[1] for s in singles]
+    ids = scratch / "batch-ids.txt"
+    ids.write_text("\n".join(batch) + "\n")
+    _, submit_wall = cli_json(ws, "forget", "--from-file", str(ids))
+    processed, process_wall = cli_json(ws, "process")
+    return {"one_by_one_walls": walls, "batch_size": len(batch), "submit_wall": submit_wall,
+            "process_wall": process_wall, "batch_records": processed["records_removed"],
+            "batch_shards": processed["shards_retrained"], "batch_slices": processed["slices_retrained"]}
+
+
+def batch_table(r: dict) -> Table:
+    walls, size = r["one_by_one_walls"], r["batch_size"]
+    mean = sum(walls) / len(walls)
+    batch_total = r["submit_wall"] + r["process_wall"]
+    return figures([
+        (f"one by one: {len(walls)} x `forget --subject X --wait`", secs(sum(walls)),
+         f"measured; per request {mean:.1f} s (min {min(walls):.1f}, max {max(walls):.1f})"),
+        (f"one by one, {size} requests", secs(mean * size),
+         f"**EXTRAPOLATED** from the {len(walls)} measured (mean x {size}), not measured"),
+        (f"batch: `forget --from-file` ({size} ids, one request)", secs(r["submit_wall"]), "records the request"),
+        ("batch: `process`", secs(r["process_wall"]),
+         f"{r['batch_records']} records removed; shards {r['batch_shards']} retrained, "
+         f"{r['batch_slices']} slice stages"),
+        (f"batch, {size} requests in all", secs(batch_total), f"per request {batch_total / size:.2f} s (measured)"),
+        ("one by one (extrapolated) / batch", times(mean * size / batch_total), "per-request cost ratio"),
+    ])
+
+
+def run(settings: Settings) -> Section:
+    default_ws = make_workspace(settings, "erasure")
+    results = {"default": forget_vs_retrain(default_ws)}
+    log(f"batch of {BATCH} vs {settings.one_by_one} one by one")
+    batched = batch_vs_one_by_one(default_ws, settings.one_by_one, settings.scratch)
+    log(f"building the {COPIES}x table")
+    big_ws = make_workspace(settings, "erasure-10x", ten_times_updates(settings))
+    results["10x"] = forget_vs_retrain(big_ws)
+    phases = {f"{cmd} ({name})": p for name, r in results.items() for cmd, p in r["phases"].items()}
+    return Section("erasure: one deletion vs a full retrain",
+                   [comparison_table(results), batch_table(batched), phase_table(phases)],
+                   {**results, "batch": batched})

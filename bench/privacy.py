@@ -1,0 +1,108 @@
+"""Section `privacy`: how much the models leak, what DP buys, and what the audits cost.
+
+Three runs of one workspace on the default data (DP off, DP-SGD at epsilon 8, at
+epsilon 1) give utility, the membership-inference audit and the accounted epsilon side
+by side. The audit's cost is timed in-process against the training it audits, and
+bench_dp.py gives the per-epoch price of DP-SGD itself.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import (
+    REPO, Section, Settings, Table, cli_json, figures, log, make_workspace, median, read_params, secs, set_params,
+)
+
+CONFIGS = {
+    "DP off": {"enabled": False},
+    "DP-SGD, target epsilon 8": {"enabled": True, "target_epsilon": 8.0},
+    "DP-SGD, target epsilon 1": {"enabled": True, "target_epsilon": 1.0},
+}
+
+
+def one_config(ws: Path, dp: dict) -> dict:
+    """One `run` with these DP settings; the worst single shard model's AUC comes from reports/mia.json."""
+    set_params(ws, {"dp": dp})
+    result, wall = cli_json(ws, "run", "--no-baseline")
+    report = json.loads((ws / "reports" / "mia.json").read_text())
+    m = result["metrics"]
+    return {"wall": wall, "accuracy": m["accuracy"], "mia": m["mia"],
+            "worst_shard_auc": max(s["auc"] for s in report["shards"]),
+            "record_epsilon": (m.get("dp") or {}).get("record_epsilon"),
+            "train_seconds": sum(s["seconds"] for s in result["shards"]), "decision": result["decision"]}
+
+
+def config_table(results: dict[str, dict]) -> Table:
+    table = Table(["run", "held-out accuracy", "ensemble MIA AUC", "ensemble TPR@1%FPR", "worst shard-model AUC",
+                   "record epsilon", "run wall", "promotion"])
+    for name, r in results.items():
+        eps = r["record_epsilon"]
+        table.rows.append([name, f"{r['accuracy']:.4f}", f"{r['mia']['ensemble_auc']:.4f}",
+                           f"{r['mia']['ensemble_tpr_at_1pct_fpr']:.4f}", f"{r['worst_shard_auc']:.4f}",
+                           "none (no DP)" if eps is None else f"{eps:.3f}", secs(r["wall"]), r["decision"]])
+    return table
+
+
+def audit_seconds(ws: Path, reports_dir: Path, repeats: int = 3) -> tuple[float, float]:
+    """(first call, median of the next `repeats`) of the MIA audit on the published ensemble.
+
+    The first call pays one-time imports (plotting); later calls show the audit's own cost.
+    Reports go to `reports_dir`, so the workspace's own stay as the run wrote them.
+    """
+    from oblivio.audit.membership import membership_audit
+
+    p = read_params(ws)
+    cols = p["data"]["columns"]
+    kwargs = dict(models_dir=ws / "models", shards_dir=ws / "data" / "shards", holdout_path=ws / "data" / "holdout.parquet",
+                  n_shards=p["sisa"]["shards"], features=cols["features"], label=cols["label"],
+                  labels=p["data"]["label_domain"], reports_dir=reports_dir, seed=p["seed"])
+    calls = []
+    for _ in range(1 + repeats):
+        began = time.perf_counter()
+        membership_audit(**kwargs)
+        calls.append(time.perf_counter() - began)
+    return calls[0], median(calls[1:])
+
+
+def dp_step_overhead(quick: bool) -> tuple[dict[str, dict], str]:
+    """bench_dp.py's table, parsed: {training: {"ms": per epoch, "ratio": vs non-DP}} and its header line.
+
+    bench_dp.py has no function to import (its measurement lives in main()), so it runs
+    as its own process, as `python bench/bench_dp.py` would.
+    """
+    args = ["--repeats", "2", "--epochs", "1"] if quick else []
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_dp.py"), *args], capture_output=True,
+                          text=True, check=True)
+    rows = {}
+    for line in proc.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[3].endswith("x"):
+            rows[cells[0]] = {"ms": float(cells[1]), "ratio": float(cells[3].rstrip("x"))}
+    return rows, proc.stdout.splitlines()[0]
+
+
+def run(settings: Settings) -> Section:
+    ws = make_workspace(settings, "privacy")
+    results = {"DP off": one_config(ws, CONFIGS["DP off"])}
+    log("timing the MIA audit in-process")  # on the non-private ensemble, before DP replaces it
+    audit = audit_seconds(ws, settings.scratch / "audit-reports")
+    for name in list(CONFIGS)[1:]:
+        results[name] = one_config(ws, CONFIGS[name])
+    log("bench_dp.py")
+    dp_rows, dp_header = dp_step_overhead(settings.quick)
+    train = results["DP off"]["train_seconds"]
+    rows = [
+        ("MIA audit, first call (in-process)", secs(audit[0]), "includes one-time imports"),
+        ("MIA audit, warm (median of 3)", secs(audit[1]), "ensemble + every shard model (offline LiRA)"),
+        ("audit / training time", f"{100 * audit[1] / train:.1f} %",
+         f"warm audit vs the DP-off run's sum of shard training seconds ({train:.1f} s)"),
+        *[(f"bench_dp.py: {name}", f"{r['ms']:.1f} ms/epoch", f"{r['ratio']:.2f}x non-DP")
+          for name, r in dp_rows.items()],
+    ]
+    return Section("privacy: membership inference and DP", [config_table(results), figures(rows)],
+                   {"runs": results, "audit_first_seconds": audit[0], "audit_warm_seconds": audit[1],
+                    "dp_step": dp_rows, "bench_dp_header": dp_header})

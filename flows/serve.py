@@ -1,0 +1,86 @@
+"""`oblivio serve`: a Prefect server on loopback (unless one is configured) serving the deployments."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from oblivio.errors import OblivioError
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextmanager
+def prefect_server(*, host: str, port: int, log_path: Path, timeout: float = 120) -> Iterator[str]:
+    """`PREFECT_API_URL` when set; else a `prefect server start` on host:port until the block ends."""
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        yield configured
+        return
+    api_url = f"http://{host}:{port}/api"
+    if _healthy(api_url):
+        raise OblivioError(f"Something already answers on {host}:{port}. Set PREFECT_API_URL to use it, "
+                           "or choose another --port.")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host,
+                                   "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    try:
+        deadline = time.monotonic() + timeout
+        while not _healthy(api_url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise OblivioError(f"The Prefect server did not start on {host}:{port}; see {log_path}.")
+            time.sleep(0.5)
+        yield api_url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host: str, port: int,
+                    state_file: Path, log_path: Path, ready=None) -> None:
+    """Serve until interrupted; deployments stay usable (not paused) afterwards."""
+    with prefect_server(host=host, port=port, log_path=log_path) as api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+        from prefect import serve
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from flows.deployments import workspace_deployments
+
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            deployments = workspace_deployments(str(root), n_shards=n_shards, cron=cron, timezone=timezone)
+            state_file.write_text(json.dumps({"api_url": api_url, "pid": os.getpid()}))
+            try:
+                if ready:
+                    ready(api_url, [f"{d.flow_name}/{d.name}" for d in deployments])
+                serve(*deployments, pause_on_shutdown=False, print_starting_message=False)
+            finally:
+                state_file.unlink(missing_ok=True)
+
+
+def serving_api(state_file: Path) -> str | None:
+    """The API of a running `oblivio serve` for this workspace, if there is one."""
+    if not state_file.exists():
+        return None
+    state = json.loads(state_file.read_text())
+    try:
+        os.kill(state["pid"], 0)
+    except OSError:
+        return None
+    return state["api_url"] if _healthy(state["api_url"]) else None
