@@ -62,7 +62,7 @@ def figures(rows: list[tuple[str, str, str]]) -> Table:
 
 
 def secs(value: float) -> str:
-    return f"{value:.1f} s"
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
 
 
 def times(value: float) -> str:

@@ -19,7 +19,8 @@ def cli(ws: Path | None, *args: str, check: bool = True, env: dict | None = None
     """Run `oblivio ARGS` in `ws` as a user would; `check` asserts exit 0 and shows stderr if not."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("PREFECT_API_URL", None)
-    proc = subprocess.run([OBLIVIO, *args], cwd=ws, capture_output=True, text=True, env=full_env, timeout=600)
+    proc = subprocess.run([OBLIVIO, *args], cwd=ws, capture_output=True, text=True, env=full_env, timeout=600,
+                          start_new_session=True)  # its own process group: crash points kill only it
     if check:
         assert proc.returncode == 0, f"oblivio {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
     return proc

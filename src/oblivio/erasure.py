@@ -30,6 +30,7 @@ from oblivio.data.sharding import (
 )
 from oblivio.ensemble import MANIFEST
 from oblivio.errors import RequestError
+from oblivio.faults import crash_point
 from oblivio.ledger import Ledger, Request
 from oblivio.training.sisa import CheckpointStore
 from oblivio.workspace import Workspace
@@ -121,6 +122,7 @@ def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure",)) -> dict:
         shards = ws.params.sisa.shards
         sizes = rows[rows[SHARD] >= 0].groupby(SHARD).size().reindex(range(shards), fill_value=0)
         accepted, rejected, per_request = [], [], {}
+        before = None
         removed = pd.Series(False, index=rows.index)
         for req in ledger.actionable():
             if req.kind not in kinds:
@@ -140,6 +142,11 @@ def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure",)) -> dict:
                 continue
             removed |= rows.index.isin(hits.index)
             accepted.append(req.id)
+            earlier = ledger.certificate(req.id)  # a retry: the rows are gone, the resolution was kept
+            if earlier and "resolution" in earlier:
+                per_request[req.id] = earlier["resolution"]
+                before = before or earlier["data_version_before"]
+                continue
             train_hits = hits[hits[SHARD] >= 0]
             per_request[req.id] = {
                 "records": int(len(hits)), "holdout_records": int((hits[SHARD] == HOLDOUT).sum()),
@@ -151,8 +158,8 @@ def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure",)) -> dict:
             "requests": accepted, "rejected": rejected, "per_request": per_request,
             "first_slice": {str(int(k)): int(g[SLICE].min()) for k, g in hit_rows.groupby(SHARD)},
             "holdout_affected": bool((removed & (rows[SHARD] == HOLDOUT)).any()),
-            "records_removed": int(removed.sum()),
-            "data_version_before": lineage.dataset_version(ws.root),
+            "records_removed": sum(r["records"] for r in per_request.values()),
+            "data_version_before": before or lineage.dataset_version(ws.root),
         }
     finally:
         ledger.close()
@@ -165,6 +172,9 @@ def apply(root: Path, batch: dict) -> dict:
     try:
         for request_id in batch["requests"]:
             req = ledger.get(request_id)
+            if ledger.certificate(req.id) is None:  # what it resolved to, kept for a retry after a crash
+                ledger.save_certificate(req.id, {"resolution": batch["per_request"][req.id],
+                                                 "data_version_before": batch["data_version_before"]})
             ledger.add_tombstones(req.subject_hashes, request_id=req.id)
             ledger.add_record_tombstones(req.record_hashes, request_id=req.id)
         erased = (ledger.tombstones(), ledger.record_tombstones())
@@ -191,7 +201,9 @@ def apply(root: Path, batch: dict) -> dict:
             frame = pq.read_table(path).to_pandas()
             keep = ~(frame[SUBJECT_KEY].isin(erased[0]) | frame[RECORD_KEY].isin(erased[1]))
             rewrite_partition(path, frame[keep].reset_index(drop=True))
-    return {"partitions_rewritten": rewritten, "source_rewritten": _erase_from_source(ws, erased)}
+    result = {"partitions_rewritten": rewritten, "source_rewritten": _erase_from_source(ws, erased)}
+    crash_point("erasure:applied")
+    return result
 
 
 def _erase_from_source(ws: Workspace, erased: tuple[frozenset[str], frozenset[str]]) -> bool:
@@ -239,6 +251,7 @@ def purge(root: Path, *, keep_version: int, request_ids: list[str]) -> dict:
     store = CheckpointStore(ws.checkpoints_dir)
     keep = {store.path(s["shard"], key) for s in manifest["shards"] for key in s["chain"]}
     removed_checkpoints = store.remove_all_but(keep)
+    crash_point("erasure:purging")
     versions = _purge_model_versions(ws, keep_version=keep_version, request_ids=request_ids)
     lineage.garbage_collect(ws.root)
     for leftover in (ws.prefect_home / "storage", ws.quarantine_dir):

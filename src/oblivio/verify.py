@@ -69,7 +69,7 @@ def verify(root: Path, *, alias: str = "champion", replay: int = 0) -> dict:
     try:
         erased_subjects, erased_records = ledger.tombstones(), ledger.record_tombstones()
         promoted = ledger.list(status="promoted")
-        certified = [r.id for r in promoted if ledger.certificate(r.id) is not None]
+        certified = [r.id for r in promoted if "request_id" in (ledger.certificate(r.id) or {})]
     finally:
         ledger.close()
     n_slices = manifest["n_slices"]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from oblivio.faults import crash_point
 from oblivio.keys import derive_seed
 from oblivio.training.dp import DpSpec, DpTrainer, epsilon_of
 from oblivio.training.nets import build_model
@@ -218,6 +219,7 @@ def train_shard(data: ShardData, *, recipe: Recipe, shard: str, n_slices: int, s
         if trainer is not None:
             payload["accountant"] = dp_history  # [[sigma, q, steps], ...] over all stages so far
         store.save(shard, chain[stage], payload)
+        crash_point("train:checkpoint-saved")
         result.slices_trained.append(stage)
         if progress:
             progress(f"{label or shard}: slice {stage + 1}/{n_slices} trained on {len(seen)} records")

@@ -55,8 +55,6 @@ def default_trigger(df: pd.DataFrame, *, features: Sequence[str], n_features: in
     for col in features:
         values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
         values = values[~np.isnan(values)]
-        if len(np.unique(values)) <= 2:
-            continue
         std = float(values.std())
         scored.append((-(float(values.max()) - float(np.median(values))) / std, col, float(values.max())))
     scored.sort()
@@ -86,9 +84,10 @@ def inject_backdoor(df: pd.DataFrame, *, record_id: str, subject_id: str, label:
     trigger features to the trigger values and the label to ``target_label``.
 
     Rows keep their record and subject ids, so they stay with their person (and shard). The
-    trigger defaults to :func:`default_trigger` of ``df``. Returns (a new frame, the record ids
-    of the manipulated rows in table order); rows whose label already was the target are
-    manipulated too (they carry the trigger).
+    trigger defaults to :func:`default_trigger` of ``df`` (deterministic: call it again to get the
+    trigger for :func:`triggered`); the trigger used is also in ``poisoned_df.attrs
+    ["backdoor_trigger"]``. Returns (a new frame, the record ids of the manipulated rows in table
+    order); rows whose label already was the target are manipulated too (they carry the trigger).
     """
     _check_columns(df, [record_id, subject_id, label, *features])
     _check_fraction(fraction)
@@ -103,6 +102,7 @@ def inject_backdoor(df: pd.DataFrame, *, record_id: str, subject_id: str, label:
             out[col] = out[col].astype("float64")
         out.iloc[rows, out.columns.get_loc(col)] = value
     out.iloc[rows, out.columns.get_loc(label)] = target_label
+    out.attrs["backdoor_trigger"] = trigger
     return out, [str(v) for v in out[record_id].iloc[rows]]
 
 

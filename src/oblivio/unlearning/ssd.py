@@ -30,11 +30,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# Chosen on synthetic backdoors and on a validation split of nlswork (never on the held-out
-# rows the corrective-efficacy numbers are reported on). alpha: how many times more important
-# to the forget set than to the training data a weight must be to be selected; lam: how hard a
-# selected weight is dampened (smaller = harder). The paper's defaults were alpha=10, lam=1.
-DEFAULT_ALPHAS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
+# alpha: how many times more important to the forget set than to the training data a weight
+# must be to be selected; lam: how hard a selected weight is dampened (smaller = harder). The
+# paper used alpha=10, lam=1. With the margin importance the ratios forget/train are larger than
+# with the loss (training-set margin gradients partly cancel within a batch), and on nlswork
+# backdoors the qualifying alphas ranged from 1 to 500, so the grid reaches 1000. Tuned on
+# development splits only; the reported corrective-efficacy numbers come from fresh splits.
+DEFAULT_ALPHAS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 DEFAULT_LAMBDAS: tuple[float, ...] = (0.1, 0.5, 1.0)
 DEFAULT_BATCH_SIZE = 256
 # What the importance differentiates (see diagonal_importance): "margin" (the default) or
