@@ -64,33 +64,36 @@ def cmd_init(args) -> int:
 def cmd_run(args) -> int:
     began = time.perf_counter()
     ws = _workspace(args)
-    from oblivio import tracking
-    from flows.pipeline import training_pipeline
     from flows.server import prefect_api
 
-    tracking.ensure_experiment(ws.mlflow)
-    with ws.exclusive("run"), prefect_api():
+    with ws.exclusive("run"), prefect_api() as ready:  # the server boots while the stack imports
+        from oblivio import tracking
+        from oblivio.report import render_run_summary
+        from flows.pipeline import training_pipeline
+
+        tracking.ensure_experiment(ws.mlflow)
         flow = training_pipeline.with_options(task_runner=_runner(ws, args))
+        ready()
         result = flow(str(ws.root), ws.params.sisa.shards, from_scratch=args.from_scratch, trigger=args.trigger,
                       baseline=ws.params.report.baseline and not args.no_baseline)
     result["model_name"] = ws.mlflow.model_name
     result["seconds"] = time.perf_counter() - began
-    from oblivio.report import render_run_summary
-
     _emit(result, args.json, render_run_summary(result))
     return 0
 
 
 def _process(ws, args, trigger: str) -> dict:
     """Run the deletion flow over every actionable request; failures are recorded in the ledger."""
-    from oblivio import tracking
-    from oblivio.ledger import Ledger
-    from flows.deletion import deletion_pipeline
     from flows.server import prefect_api
 
-    tracking.ensure_experiment(ws.mlflow)
-    with ws.exclusive("process"), prefect_api():
+    with ws.exclusive("process"), prefect_api() as ready:  # the server boots while the stack imports
+        from oblivio import tracking
+        from oblivio.ledger import Ledger
+        from flows.deletion import deletion_pipeline
+
+        tracking.ensure_experiment(ws.mlflow)
         flow = deletion_pipeline.with_options(task_runner=_runner(ws, args))
+        ready()
         try:
             return flow(str(ws.root), ws.params.sisa.shards, trigger=trigger)
         except Exception as err:

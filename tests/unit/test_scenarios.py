@@ -52,7 +52,8 @@ def test_backdoor_sets_trigger_and_target_on_exactly_round_fraction_rows():
     assert has_trigger.sum() == 20 and (has_trigger == hit).all()
     # everything else is untouched, ids and subjects included, and the input is not modified
     pd.testing.assert_frame_equal(poisoned.loc[~hit], original.loc[~hit])
-    pd.testing.assert_frame_equal(poisoned[["rid", "person", "grade", "flag"]], original[["rid", "person", "grade", "flag"]])
+    kept = ["rid", "person", "grade", "flag"]
+    pd.testing.assert_frame_equal(poisoned[kept], original[kept])
     pd.testing.assert_frame_equal(df, original)
     assert ids == [r for r in poisoned["rid"] if r in set(ids)]  # table order
     assert poisoned.attrs["backdoor_trigger"] == {"hours": 99.0, "wks_ue": 77.0}

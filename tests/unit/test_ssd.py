@@ -281,7 +281,8 @@ def test_choose_ssd_returns_the_identity_when_nothing_qualifies():
     assert choice.val_accuracy_after == choice.val_accuracy_before and choice.strength == 0.0
     forget = diagonal_importance(model, FORGET_X, FORGET_Y)
     report = apply_ssd(model, choice, forget_importance=forget, train_importance=train_imp)
-    assert report.n_selected == 0
+    assert report.n_selected == 0 and report.alpha is None and report.mass == 0.0
+    json.loads(json.dumps(report.to_json(), allow_nan=False))
     assert all(np.array_equal(before[k], v) for k, v in _state(model).items())
     # a grid that selects nothing is no stronger than the identity either
     none = choose_ssd(model, forget_x=FORGET_X, forget_y=FORGET_Y, train_importance=train_imp, val_x=VAL_X,

@@ -40,7 +40,8 @@ def _occurs(df: pd.DataFrame, trigger: Mapping[str, float]) -> bool:
     return bool(hit.any())
 
 
-def default_trigger(df: pd.DataFrame, *, features: Sequence[str], n_features: int = DEFAULT_TRIGGER_FEATURES) -> dict[str, float]:
+def default_trigger(df: pd.DataFrame, *, features: Sequence[str],
+                    n_features: int = DEFAULT_TRIGGER_FEATURES) -> dict[str, float]:
     """A valid but unusual value combination, chosen deterministically from the features' ranges.
 
     Candidates are the non-binary numeric features (more than two distinct values). They are
@@ -55,6 +56,8 @@ def default_trigger(df: pd.DataFrame, *, features: Sequence[str], n_features: in
     for col in features:
         values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
         values = values[~np.isnan(values)]
+        if len(np.unique(values)) <= 2:
+            continue
         std = float(values.std())
         scored.append((-(float(values.max()) - float(np.median(values))) / std, col, float(values.max())))
     scored.sort()

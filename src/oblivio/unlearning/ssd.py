@@ -34,7 +34,7 @@ from torch.nn import functional as F
 # must be to be selected; lam: how hard a selected weight is dampened (smaller = harder). The
 # paper used alpha=10, lam=1. With the margin importance the ratios forget/train are larger than
 # with the loss (training-set margin gradients partly cancel within a batch), and on nlswork
-# backdoors the qualifying alphas ranged from 1 to 500, so the grid reaches 1000. Tuned on
+# backdoors the chosen alphas ranged from 1 to 500, so the grid reaches 1000. Tuned on
 # development splits only; the reported corrective-efficacy numbers come from fresh splits.
 DEFAULT_ALPHAS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 DEFAULT_LAMBDAS: tuple[float, ...] = (0.1, 0.5, 1.0)
@@ -87,8 +87,9 @@ def diagonal_importance(model: nn.Module, x, y, *, batch_size: int = DEFAULT_BAT
       records the model has memorized (poisoned records in the poisoned model) ``1 - p_y`` is
       ~0 and the loss importance of the forget set vanishes, so SSD selects nothing; the margin
       importance keeps the direction in which those records pushed the weights. On nlswork
-      backdoors the loss version failed on the poisoned model in one of four splits, the margin
-      version in none (see the corrective-unlearning measurement).
+      backdoors (5 % of rows, 20 % flagged, one MLP, 5 fresh splits) loss-SSD cut the attack
+      success rate by >= 70 % in 1/5 splits on the poisoned model and 4/5 after the exact
+      erasure; margin-SSD in 5/5 and 5/5.
 
     The model is evaluated in eval mode (its mode is restored afterwards), its weights are not
     changed and no ``.grad`` is left on any parameter (gradients come from ``torch.autograd.grad``).
@@ -115,6 +116,8 @@ def diagonal_importance(model: nn.Module, x, y, *, batch_size: int = DEFAULT_BAT
                 continue
             with torch.enable_grad():
                 objective = _objective(model(x[start:start + batch_size]), y[start:start + batch_size], kind)
+                if not objective.requires_grad:  # no trainable parameter reaches the output
+                    continue
                 grads = torch.autograd.grad(objective, [p for _, p in trainable], allow_unused=True)
             for (name, _), g in zip(trainable, grads):
                 if g is not None:
@@ -130,8 +133,8 @@ def diagonal_importance(model: nn.Module, x, y, *, batch_size: int = DEFAULT_BAT
 class DampingReport:
     """What one application of SSD changed."""
 
-    alpha: float  # selection: forget importance > alpha * train importance
-    lam: float  # dampening: beta = min(lam * train / forget, 1)
+    alpha: float | None  # selection: forget importance > alpha * train importance (None: nothing applied)
+    lam: float | None  # dampening: beta = min(lam * train / forget, 1) (None: nothing applied)
     n_selected: int  # parameter elements selected (and multiplied by their beta)
     n_total: int  # parameter elements considered
     mass: float  # sum over selected elements of (1 - beta): 0 = nothing changed, +1 per weight zeroed
@@ -149,9 +152,11 @@ class DampingReport:
 def _check_importance(model: nn.Module, importance: Importance, what: str) -> None:
     for name, p in model.named_parameters():
         if name not in importance:
-            raise KeyError(f"{what} has no entry for parameter {name!r}; compute it with diagonal_importance on this model")
+            raise KeyError(f"{what} has no entry for parameter {name!r}; "
+                           "compute it with diagonal_importance on this model")
         if tuple(importance[name].shape) != tuple(p.shape):
-            raise ValueError(f"{what}[{name!r}] has shape {tuple(importance[name].shape)}, the parameter {tuple(p.shape)}")
+            raise ValueError(f"{what}[{name!r}] has shape {tuple(importance[name].shape)}, "
+                             f"the parameter {tuple(p.shape)}")
 
 
 def dampen(model: nn.Module, *, forget_importance: Importance, train_importance: Importance, alpha: float,
@@ -300,7 +305,7 @@ def choose_ssd(model: nn.Module, *, forget_x, forget_y, train_importance: Import
                 alpha=float(alpha), lam=float(lam), n_selected=report.n_selected, mass=report.mass,
                 val_accuracy=val_after, forget_accuracy=accuracy(trial, forget_x, forget_y),
                 # 1e-12: accuracies are ratios of counts; do not lose a point to float rounding
-                qualifies=val_before - val_after <= tolerance + 1e-12))
+                qualifies=val_before - val_after < tolerance))
     qualifying = [c for c in candidates if c.qualifies]
     best = None
     for c in qualifying:  # strict '>' keeps the earlier grid point on ties
@@ -319,7 +324,8 @@ def choose_ssd(model: nn.Module, *, forget_x, forget_y, train_importance: Import
         applied=True, alpha=best.alpha, lam=best.lam, strength=forget_before - best.forget_accuracy, mass=best.mass,
         n_selected=best.n_selected, val_accuracy_after=best.val_accuracy, forget_accuracy_after=best.forget_accuracy,
         reason=(f"strongest of {len(qualifying)}/{len(candidates)} grid points within tolerance: forget accuracy "
-                f"{forget_before:.4f} -> {best.forget_accuracy:.4f}, validation {val_before:.4f} -> {best.val_accuracy:.4f}"),
+                f"{forget_before:.4f} -> {best.forget_accuracy:.4f}, "
+                f"validation {val_before:.4f} -> {best.val_accuracy:.4f}"),
         **common)
 
 
@@ -335,7 +341,7 @@ def apply_ssd(model: nn.Module, choice: SsdChoice, *, forget_importance: Importa
     if not choice.applied:
         only = None if parameters is None else set(parameters)
         layers = tuple((name, 0, p.numel()) for name, p in model.named_parameters() if only is None or name in only)
-        return DampingReport(alpha=float("nan"), lam=float("nan"), n_selected=0,
+        return DampingReport(alpha=None, lam=None, n_selected=0,
                              n_total=sum(n for _, _, n in layers), mass=0.0, per_layer=layers)
     return dampen(model, forget_importance=forget_importance, train_importance=train_importance,
                   alpha=choice.alpha, lam=choice.lam, parameters=parameters)
