@@ -24,6 +24,7 @@ from bench.common import (
 BATCH = 100
 COPIES = 10
 SPEEDUP_BARS = {"default": 4.0, "10x": 8.0}
+SCALES = {"default": "nlswork", "10x": f"nlswork x{COPIES}"}
 
 
 # --- one erasure vs a full retrain ----------------------------------------------------
@@ -101,30 +102,33 @@ def forget_vs_retrain(ws: Path) -> dict:
     }
 
 
-def comparison_table(results: dict[str, dict]) -> Table:
-    """One column per table size; the speed-up row carries that size's bar."""
-    rows = [
-        ("training records", lambda r, _: f"{r['n_records']:,}"),
-        ("erased: records of one person", lambda r, _: str(r["records_removed"])),
-        ("`forget --subject X --wait` wall", lambda r, _: secs(r["forget_wall"])),
-        ("... of which the flow", lambda r, _: secs(r["forget_flow"])),
-        ("slice stages retrained", lambda r, _: f"{r['slices_retrained']} of {r['slice_stages']} "
-                                                f"(shard {r['shards_retrained']})"),
-        ("compute floor: training s of the retrained slices", lambda r, _: secs(r["compute_floor"])),
-        ("forget wall / compute floor", lambda r, _: times(r["forget_wall"] / r["compute_floor"])),
-        ("same slices retrained in-process, warm", lambda r, _: secs(r["warm_floor"])),
-        ("`run --from-scratch --no-baseline` wall", lambda r, _: secs(r["full_wall"])),
-        ("**speed-up: full retrain / forget**", lambda r, bar: f"**{times(r['full_wall'] / r['forget_wall'])}** "
-                                                               f"(bar >= {bar:g}x: {verdict(r['full_wall'] / r['forget_wall'] >= bar)})"),
-        ("DVC cache bytes added by the erasure", lambda r, _: f"{r['cache_added']:,}"),
-        ("size of data/shards", lambda r, _: f"{r['shards_bytes']:,}"),
-        ("added / data/shards", lambda r, _: f"{r['cache_added'] / r['shards_bytes']:.2f}"),
-        ("DVC cache net change (after `dvc gc`)", lambda r, _: f"{r['cache_net']:+,}"),
-        ("promotion of the post-erasure model", lambda r, _: r["decision"]),
+def comparison_column(r: dict, bar: float) -> list[tuple[str, str]]:
+    """(figure, value) for one table size; the speed-up carries that size's bar."""
+    speedup = r["full_wall"] / r["forget_wall"]
+    return [
+        ("training records", f"{r['n_records']:,}"),
+        ("erased: records of one person", str(r["records_removed"])),
+        ("`forget --subject X --wait` wall", secs(r["forget_wall"])),
+        ("... of which the deletion flow (JSON `seconds`)", secs(r["forget_flow"])),
+        ("slice stages retrained", f"{r['slices_retrained']} of {r['slice_stages']} (shards {r['shards_retrained']})"),
+        ("compute floor: training s of the retrained slices (MLflow `train_seconds`)", secs(r["compute_floor"])),
+        ("forget wall / compute floor", times(r["forget_wall"] / r["compute_floor"])),
+        ("same slices retrained in-process, warm", secs(r["warm_floor"])),
+        ("`run --from-scratch --no-baseline` wall", secs(r["full_wall"])),
+        ("**speed-up: full retrain / forget**", f"**{times(speedup)}** (bar >= {bar:g}x: {verdict(speedup >= bar)})"),
+        ("DVC cache bytes added by the erasure", f"{r['cache_added']:,}"),
+        ("size of data/shards", f"{r['shards_bytes']:,}"),
+        ("added / data/shards", f"{r['cache_added'] / r['shards_bytes']:.2f}"),
+        ("DVC cache net change (old objects removed by `dvc gc`)", f"{r['cache_net']:+,}"),
+        ("promotion of the post-erasure model", r["decision"]),
     ]
-    table = Table(["figure", *results])
-    for label, cell in rows:
-        table.rows.append([label, *(cell(r, SPEEDUP_BARS[name]) for name, r in results.items())])
+
+
+def comparison_table(results: dict[str, dict]) -> Table:
+    columns = [comparison_column(r, SPEEDUP_BARS[name]) for name, r in results.items()]
+    table = Table(["figure", *(SCALES[name] for name in results)])
+    for i, (label, _) in enumerate(columns[0]):
+        table.rows.append([label, *(column[i][1] for column in columns)])
     return table
 
 
@@ -168,7 +172,8 @@ def batch_vs_one_by_one(ws: Path, n: int, scratch: Path) -> dict:
     """`n` erasures with `forget --wait` each, then BATCH others in one request and one `process`."""
     people = training_subjects(ws)
     singles = round_robin(people, n)
-    rest = [s for s, _ in people if s not in set(singles)]
+    taken = set(singles)
+    rest = [s for s, _ in people if s not in taken]
     batch = rest[::max(1, len(rest) // BATCH)][:BATCH]
     walls = [cli_json(ws, "forget", "--subject", s, "--wait")[1] for s in singles]
     ids = scratch / "batch-ids.txt"

@@ -54,7 +54,8 @@ def run(settings: Settings) -> Section:
         ("single non-sharded model accuracy", f"{m['baseline_accuracy']:.4f}", "same recipe, all training rows"),
         ("accuracy cost of sharding", f"{gap:+.2f} points",
          f"bar: within {ACCURACY_BAR_POINTS:g} points: {verdict(gap <= ACCURACY_BAR_POINTS)}"),
-        ("`oblivio run` wall clock", secs(wall), f"the command's own timer (JSON `seconds`): {result['seconds']:.1f} s"),
+        ("`oblivio run` wall clock", secs(wall),
+         f"the command's own timer (JSON `seconds`): {result['seconds']:.1f} s"),
         ("bare training compute = sum of shards[*].seconds", secs(reported),
          f"as the run reports them; per shard {min(shard_seconds):.2f}-{max(shard_seconds):.2f} s "
          "(trained in parallel worker processes)"),

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from bench.common import (
-    REPO, Section, Settings, Table, cli_json, figures, log, make_workspace, median, read_params, secs, set_params,
+    REPO, BenchError, Section, Settings, Table, cli_json, figures, log, make_workspace, median, read_params, secs,
+    set_params,
 )
 
 CONFIGS = {
@@ -57,9 +58,10 @@ def audit_seconds(ws: Path, reports_dir: Path, repeats: int = 3) -> tuple[float,
 
     p = read_params(ws)
     cols = p["data"]["columns"]
-    kwargs = dict(models_dir=ws / "models", shards_dir=ws / "data" / "shards", holdout_path=ws / "data" / "holdout.parquet",
-                  n_shards=p["sisa"]["shards"], features=cols["features"], label=cols["label"],
-                  labels=p["data"]["label_domain"], reports_dir=reports_dir, seed=p["seed"])
+    kwargs = dict(models_dir=ws / "models", shards_dir=ws / "data" / "shards",
+                  holdout_path=ws / "data" / "holdout.parquet", n_shards=p["sisa"]["shards"],
+                  features=cols["features"], label=cols["label"], labels=p["data"]["label_domain"],
+                  reports_dir=reports_dir, seed=p["seed"])
     calls = []
     for _ in range(1 + repeats):
         began = time.perf_counter()
@@ -75,8 +77,9 @@ def dp_step_overhead(quick: bool) -> tuple[dict[str, dict], str]:
     as its own process, as `python bench/bench_dp.py` would.
     """
     args = ["--repeats", "2", "--epochs", "1"] if quick else []
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_dp.py"), *args], capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_dp.py"), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BenchError(f"bench_dp.py exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     rows = {}
     for line in proc.stdout.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]

@@ -1,78 +1,44 @@
-"""Shared helpers: real workspaces driven through the real `oblivio` command."""
+"""Fixtures shared by all tests; the helpers they use live in helpers.py."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+import time
+import urllib.request
 
-import numpy as np
-import pandas as pd
 import pytest
-import yaml
 
-OBLIVIO = str(Path(sys.executable).parent / "oblivio")
-
-
-def cli(ws: Path | None, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `oblivio ARGS` in `ws` as a user would; `check` asserts exit 0 and shows stderr if not."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("PREFECT_API_URL", None)
-    proc = subprocess.run([OBLIVIO, *args], cwd=ws, capture_output=True, text=True, env=full_env, timeout=600,
-                          start_new_session=True)  # its own process group: crash points kill only it
-    if check:
-        assert proc.returncode == 0, f"oblivio {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
-    return proc
+from helpers import SHARED_API, csv_workspace, free_port
 
 
-def cli_json(ws: Path, *args: str) -> dict:
-    return json.loads(cli(ws, *args, "--json").stdout)
-
-
-def synthetic_table(n_subjects: int = 240, seed: int = 0) -> pd.DataFrame:
-    """A learnable table with the shape of real data: several rows per person."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for s in range(n_subjects):
-        for j in range(int(rng.integers(1, 5))):
-            a, b, c = rng.normal(size=3)
-            rows.append({"rid": f"r{s}-{j}", "person": 100000 + s, "y": int(a + 0.5 * b > 0), "a": a, "b": b, "c": c})
-    return pd.DataFrame(rows)
-
-
-FAST = {
-    "sisa": {"shards": 3, "slices": 2},
-    "train": {"hidden": [16], "epochs_per_slice": 2, "batch_size": 32},
-    "report": {"baseline": False},
-    "executor": {"kind": "thread", "max_workers": 2},
-    # tiny data: one retrained shard can move accuracy by a few points
-    "gates": {"min_accuracy": 0.5, "max_accuracy_regression": 0.2},
-}
-TEST_SECRET = "5eed" * 16  # tests place records the same way on every run: no flaky shard layouts
-
-
-def set_params(ws: Path, updates: dict) -> None:
-    path = ws / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in updates.items():
-        if isinstance(values, dict):
-            params.setdefault(section, {}).update(values)
-        else:
-            params[section] = values
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def csv_workspace(root: Path, table: pd.DataFrame | None = None, **extra) -> Path:
-    """A workspace on a user CSV file, small enough to train in seconds."""
-    ws = root / "ws"
-    cli(None, "init", str(ws))
-    (ws / ".oblivio" / "secret").write_text(TEST_SECRET + "\n")
-    (table if table is not None else synthetic_table()).to_csv(ws / "table.csv", index=False)
-    set_params(ws, {**FAST, "data": {"source": "table.csv", "min_rows": 50,
-                                     "columns": {"record_id": "rid", "subject_id": "person", "label": "y",
-                                                 "features": ["a", "b", "c"]}}, **extra})
-    return ws
+@pytest.fixture(scope="session")
+def shared_prefect_server(tmp_path_factory):
+    """One `prefect server start` on loopback for the integration tests' commands."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "true", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+    os.environ[SHARED_API] = url
+    yield url
+    os.environ.pop(SHARED_API, None)
+    server.terminate()
+    server.wait(timeout=30)
+    log.close()
 
 
 @pytest.fixture

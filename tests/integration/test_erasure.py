@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import cli, cli_json, csv_workspace, set_params, synthetic_table
+from helpers import cli, cli_json, csv_workspace, set_params, synthetic_table
 
 pytestmark = pytest.mark.integration
 MARKER = "zq-MARKER-7f3a9c"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import cli, cli_json, csv_workspace
+from helpers import cli, cli_json, csv_workspace
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ CONTRACT = {"model_name", "model_version", "aliases", "promoted", "dataset_versi
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     ws = csv_workspace(tmp_path_factory.mktemp("pipeline"))
-    first = cli_json(ws, "run")
+    first = cli_json(ws, "run", embedded=True)  # the default: a temporary Prefect server of its own
     return ws, first
 
 
@@ -126,7 +126,7 @@ def test_bad_data_changes_nothing(trained):
 def test_corrupt_parquet_is_one_clear_error(tmp_path):
     ws = csv_workspace(tmp_path)
     (ws / "table.parquet").write_bytes(b"PAR1 this is not a parquet file")
-    from conftest import set_params
+    from helpers import set_params
 
     set_params(ws, {"data": {"source": "table.parquet"}})
     proc = cli(ws, "run", check=False)
@@ -141,7 +141,7 @@ def test_corrupt_parquet_is_one_clear_error(tmp_path):
 ])
 def test_bad_params_fail_before_anything_starts(tmp_path, edit, message):
     ws = csv_workspace(tmp_path)
-    from conftest import set_params
+    from helpers import set_params
 
     set_params(ws, edit)
     proc = cli(ws, "run", check=False)

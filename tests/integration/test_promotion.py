@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import cli, cli_json, csv_workspace, set_params
+from helpers import cli, cli_json, csv_workspace, set_params
 
 pytestmark = pytest.mark.integration
 

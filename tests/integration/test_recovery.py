@@ -11,13 +11,13 @@ import signal
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import cli, cli_json, csv_workspace
+from helpers import cli, cli_json, csv_workspace
 
 pytestmark = pytest.mark.integration
 
 
 def crash(ws, *args, at: str):
-    proc = cli(ws, *args, check=False, env={"OBLIVIO_CRASH_AT": at})
+    proc = cli(ws, *args, check=False, env={"OBLIVIO_CRASH_AT": at}, embedded=True)
     assert proc.returncode == -signal.SIGKILL, f"expected a SIGKILL at {at}, got {proc.returncode}: {proc.stderr[-2000:]}"
 
 
@@ -36,7 +36,7 @@ def test_killed_training_resumes_to_the_same_bits(tmp_path):
     crash(ws, "run", at="train:checkpoint-saved")
     assert list((ws / "checkpoints").rglob("*.pt")), "the crash came after a checkpoint was written"
     assert not (ws / "models").exists() and not registry_versions(ws) if (ws / "mlflow.db").exists() else True
-    resumed = cli_json(ws, "run")
+    resumed = cli_json(ws, "run", embedded=True)  # finds (and stops) the killed run's orphaned server
     assert resumed["slices_reused"] >= 1 and resumed["promoted"] is True
     scratch = cli_json(ws, "run", "--from-scratch")
     assert [s["weights_sha256"] for s in scratch["shards"]] == [s["weights_sha256"] for s in resumed["shards"]]

@@ -305,7 +305,7 @@ def choose_ssd(model: nn.Module, *, forget_x, forget_y, train_importance: Import
                 alpha=float(alpha), lam=float(lam), n_selected=report.n_selected, mass=report.mass,
                 val_accuracy=val_after, forget_accuracy=accuracy(trial, forget_x, forget_y),
                 # 1e-12: accuracies are ratios of counts; do not lose a point to float rounding
-                qualifies=val_before - val_after < tolerance))
+                qualifies=val_before - val_after <= tolerance + 1e-12))
     qualifying = [c for c in candidates if c.qualifies]
     best = None
     for c in qualifying:  # strict '>' keeps the earlier grid point on ties

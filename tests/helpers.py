@@ -1,0 +1,96 @@
+"""Shared helpers: real workspaces driven through the real `oblivio` command (fixtures: conftest.py)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+OBLIVIO = str(Path(sys.executable).parent / "oblivio")
+
+
+SHARED_API = "OBLIVIO_TEST_PREFECT_API"
+
+
+def cli(ws: Path | None, *args: str, check: bool = True, env: dict | None = None,
+        embedded: bool = False) -> subprocess.CompletedProcess:
+    """Run `oblivio ARGS` in `ws` as a user would; `check` asserts exit 0 and shows stderr if not.
+
+    Commands use the session's shared Prefect server (the scaled-out configuration), which
+    saves each one a server boot; `embedded=True` lets the command start its own temporary
+    server, as it does by default for a user.
+    """
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("PREFECT_API_URL", None)
+    if not embedded and os.environ.get(SHARED_API):
+        full_env["PREFECT_API_URL"] = os.environ[SHARED_API]
+    proc = subprocess.run([OBLIVIO, *args], cwd=ws, capture_output=True, text=True, env=full_env, timeout=600,
+                          start_new_session=True)  # its own process group: crash points kill only it
+    if check:
+        assert proc.returncode == 0, f"oblivio {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def cli_json(ws: Path, *args: str, embedded: bool = False) -> dict:
+    return json.loads(cli(ws, *args, "--json", embedded=embedded).stdout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+
+
+def synthetic_table(n_subjects: int = 240, seed: int = 0) -> pd.DataFrame:
+    """A learnable table with the shape of real data: several rows per person."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_subjects):
+        for j in range(int(rng.integers(1, 5))):
+            a, b, c = rng.normal(size=3)
+            rows.append({"rid": f"r{s}-{j}", "person": 100000 + s, "y": int(a + 0.5 * b > 0), "a": a, "b": b, "c": c})
+    return pd.DataFrame(rows)
+
+
+FAST = {
+    "sisa": {"shards": 3, "slices": 2},
+    "train": {"hidden": [16], "epochs_per_slice": 2, "batch_size": 32},
+    "report": {"baseline": False},
+    "executor": {"kind": "thread", "max_workers": 2},
+    # tiny data: one retrained shard can move accuracy by a few points
+    "gates": {"min_accuracy": 0.5, "max_accuracy_regression": 0.2},
+}
+TEST_SECRET = "5eed" * 16  # tests place records the same way on every run: no flaky shard layouts
+
+
+def set_params(ws: Path, updates: dict) -> None:
+    path = ws / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in updates.items():
+        if isinstance(values, dict):
+            params.setdefault(section, {}).update(values)
+        else:
+            params[section] = values
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def csv_workspace(root: Path, table: pd.DataFrame | None = None, **extra) -> Path:
+    """A workspace on a user CSV file, small enough to train in seconds."""
+    ws = root / "ws"
+    cli(None, "init", str(ws))
+    (ws / ".oblivio" / "secret").write_text(TEST_SECRET + "\n")
+    (table if table is not None else synthetic_table()).to_csv(ws / "table.csv", index=False)
+    set_params(ws, {**FAST, "data": {"source": "table.csv", "min_rows": 50,
+                                     "columns": {"record_id": "rid", "subject_id": "person", "label": "y",
+                                                 "features": ["a", "b", "c"]}}, **extra})
+    return ws
