@@ -30,7 +30,7 @@ def deletion_pipeline(root: str, n_shards: int, trigger: str = "manual") -> dict
     finished = d.finish(root, batch, registered, promoted, shards, applied)
     retrained = [s for s in shards if s["slices_trained"]]
     return {"status": "promoted" if promoted["promoted"] else "applied", "request_ids": batch["requests"],
-            "rejected": batch["rejected"], "route": "erasure", "records_removed": batch["records_removed"],
+            "rejected": batch["rejected"], "route": batch["route"], "records_removed": batch["records_removed"],
             "shards_retrained": [s["index"] for s in retrained],
             "slices_retrained": sum(len(s["slices_trained"]) for s in retrained),
             "model_version": registered["model_version"], "promoted": promoted["promoted"],

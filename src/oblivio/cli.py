@@ -248,6 +248,79 @@ def cmd_approve(args) -> int:
     return 0
 
 
+def cmd_scenario(args) -> int:
+    """Inject manipulated records into a scratch copy, train, flag a share, correct, measure."""
+    import shutil
+    import tempfile
+
+    ws = _workspace(args)
+    from oblivio import scenario
+    from oblivio.erasure import hash_ids
+    from oblivio.ledger import Ledger
+    from oblivio.unlearning.scenarios import flag_sample
+    from oblivio.workspace import Workspace, init_workspace
+
+    scratch = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="oblivio-scenario-"))
+    try:
+        table, manipulated, spec = scenario.poison(ws.root, kind=args.kind, fraction=args.fraction, seed=args.seed)
+        source = scratch / "manipulated.parquet"
+        scratch.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(source, index=False)
+        sc = init_workspace(scratch / "workspace")
+        (sc.root / "params.yaml").write_text((ws.root / "params.yaml").read_text().replace(
+            f"source: {ws.params.data.source}", f"source: {source}", 1))
+        sc = Workspace(sc.root)
+        _ = sc.params
+        print(f"scenario {args.kind}: {len(manipulated)} manipulated records ({args.fraction:.0%}); training",
+              file=sys.stderr, flush=True)
+        trained = _flow_in(sc, args, "pipeline")
+        before = scenario.measure(sc.root, spec, set(manipulated))["published"]
+        flagged = flag_sample(manipulated, share=args.flagged, seed=args.seed)
+        _, record_hashes = hash_ids(sc, subjects=[], records=flagged)
+        ledger = Ledger(sc.ledger_path)
+        ledger.submit(kind="corrective", record_hashes=record_hashes, reason=f"scenario {args.kind}")
+        ledger.close()
+        print(f"flagged {len(flagged)} of them ({args.flagged:.0%}); corrective route", file=sys.stderr, flush=True)
+        corrected = _flow_in(sc, args, "deletion")
+        after = scenario.measure(sc.root, spec, set(manipulated))
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    result = {"scenario": spec, "manipulated": len(manipulated), "flagged": len(flagged),
+              "before": before, "exact_only": after["exact_only"], "corrective": after["published"],
+              "train_seconds": trained["seconds"], "corrective_seconds": corrected["seconds"]}
+    _emit(result, args.json, _scenario_table(result))
+    return 0
+
+
+def _flow_in(ws, args, which: str) -> dict:
+    from flows.server import prefect_api
+
+    with prefect_api() as ready:
+        from oblivio import tracking
+
+        if which == "pipeline":
+            from flows.pipeline import training_pipeline as flow
+        else:
+            from flows.deletion import deletion_pipeline as flow
+        tracking.ensure_experiment(ws.mlflow)
+        ready()
+        kwargs = {"baseline": False} if which == "pipeline" else {}
+        return flow.with_options(task_runner=_runner(ws, args))(str(ws.root), ws.params.sisa.shards,
+                                                                 trigger="scenario", **kwargs)
+
+
+def _scenario_table(result: dict) -> str:
+    metric = "attack_success_rate" if "attack_success_rate" in result["before"] else "confused_class_accuracy"
+    rows = [f"| | clean accuracy | {metric.replace('_', ' ')} |", "| --- | --- | --- |"]
+    for name in ("before", "exact_only", "corrective"):
+        r = result[name]
+        rows.append(f"| {name.replace('_', '-')} | {r['clean_accuracy']:.4f} | {r[metric]:.4f} |")
+    return (f"{result['scenario']['kind']}: {result['manipulated']} manipulated, {result['flagged']} flagged\n"
+            + "\n".join(rows)
+            + f"\ntraining {result['train_seconds']:.1f} s, corrective route {result['corrective_seconds']:.1f} s")
+
+
 def cmd_stage(args) -> int:
     """One dvc.yaml stage, run without Prefect: what `dvc repro` calls."""
     ws = _workspace(args)
@@ -301,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", action="append", help="a single record id; repeatable")
     p.add_argument("--from-file", help="a file of subject ids, one per line")
     p.add_argument("--records-from-file", help="a file of record ids, one per line")
-    p.add_argument("--kind", choices=["erasure"], default="erasure", help="erasure (privacy)")
+    p.add_argument("--kind", choices=["erasure", "corrective"], default="erasure",
+                   help="erasure (privacy: forget exactly) or corrective (manipulated data: also dampen every "
+                        "shard model with the flagged records, SSD)")
     p.add_argument("--reason", help="free text kept with the request (no personal data, please)")
     p.add_argument("--wait", action="store_true", help="process pending requests now and wait for the result")
     _add_executor_options(p)
@@ -329,6 +404,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("approve", cmd_approve, "make a version champion by hand (when gates.require_approval is on)")
     p.add_argument("version", type=int)
     p.add_argument("--by", required=True, help="who approves (recorded on the version)")
+
+    p = command("scenario", cmd_scenario, "measure the corrective route on injected manipulated data "
+                "(in a scratch copy of this workspace's data)")
+    p.add_argument("kind", choices=["backdoor", "label-flip"])
+    p.add_argument("--fraction", type=float, default=0.05, help="share of records manipulated (default 0.05)")
+    p.add_argument("--flagged", type=float, default=0.2, help="share of the manipulated records found (default 0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep", metavar="DIR", help="keep the scratch workspace in DIR instead of deleting it")
+    _add_executor_options(p)
 
     p = command("stage", cmd_stage, "run one dvc.yaml stage without Prefect (what `dvc repro` calls)")
     p.add_argument("stage", choices=["ingest", "train", "evaluate"])

@@ -75,6 +75,11 @@ class GateParams:
 
 
 @dataclass(frozen=True)
+class UnlearningParams:
+    ssd_tolerance: float = 0.03  # per shard: largest validation accuracy drop SSD may cost (alpha, lambda)
+
+
+@dataclass(frozen=True)
 class ExecutorParams:
     kind: str = "process"  # sequential | thread | process | dask
     max_workers: int = 2
@@ -100,6 +105,7 @@ class Params:
     train: TrainParams = TrainParams()
     dp: DpParams = DpParams()
     gates: GateParams = GateParams()
+    unlearning: UnlearningParams = UnlearningParams()
     executor: ExecutorParams = ExecutorParams()
     report: ReportParams = ReportParams()
     schedule: ScheduleParams = ScheduleParams()
@@ -113,7 +119,7 @@ CHOICES = {
     "executor.kind": ("sequential", "thread", "process", "dask"),
 }
 POSITIVE = {"sisa.slices", "train.epochs_per_slice", "train.batch_size", "executor.max_workers"}
-FRACTIONS = {"data.holdout_fraction", "data.max_null_fraction"}
+FRACTIONS = {"data.holdout_fraction", "data.max_null_fraction", "unlearning.ssd_tolerance"}
 
 
 @dataclass(frozen=True)

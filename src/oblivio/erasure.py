@@ -33,6 +33,7 @@ from oblivio.errors import RequestError
 from oblivio.faults import crash_point
 from oblivio.ledger import Ledger, Request
 from oblivio.training.sisa import CheckpointStore
+from oblivio.unlearning.corrective import store_flagged
 from oblivio.workspace import Workspace
 
 HOLDOUT = -1  # the shard index placement uses for held-out rows
@@ -108,7 +109,7 @@ def precheck(ws: Workspace, req: Request) -> str | None:
     return _unknown(placement(ws), req, erased)
 
 
-def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure",)) -> dict:
+def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure", "corrective")) -> dict:
     """Resolve every actionable request; reject the ones that cannot be honoured.
 
     Returns the batch: accepted request ids, per shard the first affected slice, and
@@ -129,6 +130,10 @@ def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure",)) -> dict:
                 continue
             problem = _unknown(rows, req, erased)
             hits = _hits(rows, req)
+            if problem is None and req.kind == "corrective" and not (hits[SHARD] >= 0).any() \
+                    and ledger.certificate(req.id) is None:
+                problem = ("none of the flagged records is in the training data (held-out rows only): "
+                           "there is nothing to correct; use --kind erasure to delete them")
             if problem is None:
                 trial = removed | rows.index.isin(hits.index)
                 left = rows[~trial & (rows[SHARD] >= 0)].groupby(SHARD).size().reindex(range(shards), fill_value=0)
@@ -158,6 +163,7 @@ def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure",)) -> dict:
             "requests": accepted, "rejected": rejected, "per_request": per_request,
             "first_slice": {str(int(k)): int(g[SLICE].min()) for k, g in hit_rows.groupby(SHARD)},
             "holdout_affected": bool((removed & (rows[SHARD] == HOLDOUT)).any()),
+            "route": "+".join(sorted({ledger.get(i).kind for i in accepted})) or "none",
             "records_removed": sum(r["records"] for r in per_request.values()),
             "data_version_before": before or lineage.dataset_version(ws.root),
         }
@@ -194,6 +200,7 @@ def apply(root: Path, batch: dict) -> dict:
     if removed:  # quarantined for the forget-set audit, deleted by `purge`
         ws.quarantine_dir.mkdir(parents=True, exist_ok=True)
         quarantine = pd.concat(removed, ignore_index=True)
+        _keep_corrective_evidence(ws, batch, quarantine)
         pq.write_table(pa.Table.from_pandas(quarantine, preserve_index=False),
                        ws.quarantine_dir / f"batch-{len(list(ws.quarantine_dir.glob('*.parquet')))}.parquet")
     for k, path in files:
@@ -204,6 +211,19 @@ def apply(root: Path, batch: dict) -> dict:
     result = {"partitions_rewritten": rewritten, "source_rewritten": _erase_from_source(ws, erased)}
     crash_point("erasure:applied")
     return result
+
+
+def _keep_corrective_evidence(ws: Workspace, batch: dict, rows: pd.DataFrame) -> None:
+    """Corrective requests keep their flagged rows: SSD needs them at every later publish."""
+    ledger = Ledger(ws.ledger_path)
+    try:
+        for request_id in batch["requests"]:
+            req = ledger.get(request_id)
+            if req.kind == "corrective":
+                mine = rows[rows[SUBJECT_KEY].isin(req.subject_hashes) | rows[RECORD_KEY].isin(req.record_hashes)]
+                store_flagged(ws.corrections_dir, req.id, mine.drop(columns=[SHARD, SLICE], errors="ignore"))
+    finally:
+        ledger.close()
 
 
 def _erase_from_source(ws: Workspace, erased: tuple[frozenset[str], frozenset[str]]) -> bool:
@@ -311,7 +331,11 @@ def certificate(ws: Workspace, req: Request, *, batch: dict, registered: dict, p
         "request_id": req.id, "kind": req.kind, "reason": req.reason, "submitted_at": req.created_at,
         "certified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "subject_hashes": list(req.subject_hashes), "record_hashes": list(req.record_hashes),
-        "route": "exact: retrain affected shards from the first affected slice",
+        "route": ("exact: retrain affected shards from the first affected slice"
+                  + ("; corrective: every shard model dampened with the flagged records (SSD), standing"
+                     if req.kind == "corrective" else "")),
+        "corrections": {str(s["index"]): [c for c in s.get("corrections", []) if c["request_id"] == req.id]
+                        for s in manifest["shards"]} if req.kind == "corrective" else {},
         "records_removed": mine["records"], "holdout_records_removed": mine["holdout_records"],
         "data_version_before": batch["data_version_before"], "data_version_after": registered["dataset_version"],
         "shards_affected": mine["shards"],

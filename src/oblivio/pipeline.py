@@ -30,7 +30,8 @@ from oblivio.ensemble import MANIFEST, Ensemble, aggregate, shard_file
 from oblivio.errors import DataError, IntegrityError
 from oblivio.keys import keyed_int
 from oblivio.training.nets import featurize, input_width
-from oblivio.training.sisa import CheckpointStore, Recipe, ShardData, load_final_model, train_shard
+from oblivio.training.sisa import CheckpointStore, Recipe, ShardData, load_final_model, train_shard, weights_digest
+from oblivio.unlearning.corrective import apply_corrections
 from oblivio.workspace import Workspace
 
 Progress = Callable[[str], None]
@@ -43,7 +44,7 @@ def shard_name(k: int) -> str:
 
 # --- ingest -------------------------------------------------------------------------
 
-def _limit_subjects(df: pd.DataFrame, subject_col: str, n: int, secret: bytes) -> pd.DataFrame:
+def limit_subjects(df: pd.DataFrame, subject_col: str, n: int, secret: bytes) -> pd.DataFrame:
     """A deterministic sample of `n` subjects (smallest keyed hashes): quick tours and tests."""
     subjects = pd.Series(df[subject_col].astype(str).unique())
     ranked = subjects.iloc[np.argsort([keyed_int(secret, "sample", s) for s in subjects], kind="stable")]
@@ -88,7 +89,7 @@ def ingest(root: Path) -> dict:
     check_columns(df, params.data)
     df = numpy_numeric(df, cols.features)
     if params.data.limit_subjects:
-        df = _limit_subjects(df, cols.subject_id, params.data.limit_subjects, ws.secret)
+        df = limit_subjects(df, cols.subject_id, params.data.limit_subjects, ws.secret)
     erased_subjects, erased_records = tombstones(ws)
     df, dropped = drop_tombstoned(df, ws, subjects=erased_subjects, records=erased_records)
     validation = validate(df, params.data)
@@ -212,7 +213,11 @@ def train_baseline(root: Path, progress: Progress | None = None, *, resume: bool
 
 
 def publish_models(root: Path, shard_results: list[dict]) -> dict:
-    """Write models/ (final shard weights + manifest) atomically; returns the manifest."""
+    """Write models/ (final shard weights + manifest) atomically; returns the manifest.
+
+    Standing corrections (SSD) are applied here, to every shard, every time: the published
+    weights are the trained ones dampened by each correction still in force.
+    """
     ws = Workspace(root)
     store = CheckpointStore(ws.checkpoints_dir)
     params = ws.params
@@ -228,13 +233,22 @@ def publish_models(root: Path, shard_results: list[dict]) -> dict:
         "shards": [{k: r.get(k) for k in ("index", "shard", "n_records", "commitments", "chain", "weights_sha256",
                                           "epsilon")} for r in ordered],
     }
+    holdout = read_holdout(ws.holdout_path)
+    cols = params.data.columns
     staging = Path(tempfile.mkdtemp(prefix=".models-", dir=ws.root))
     try:
-        for r in ordered:
-            state = store.load(r["shard"], r["chain"][-1])["model"]
+        for r, entry in zip(ordered, manifest["shards"]):
+            model = load_final_model(recipe, ws.secret, r["shard"], store, r["chain"][-1])
+            entry["trained_weights_sha256"] = r["weights_sha256"]
+            entry["corrections"] = apply_corrections(
+                model, shard=r["index"], train=read_shard(ws.shards_dir, r["index"]), holdout=holdout,
+                store=ws.corrections_dir, features=list(cols.features), label=cols.label,
+                labels=list(params.data.label_domain), model_kind=params.train.model, secret=ws.secret,
+                tolerance=params.unlearning.ssd_tolerance)
+            entry["weights_sha256"] = weights_digest(model.state_dict())
             import torch
 
-            torch.save(state, staging / shard_file(r["index"]))
+            torch.save(model.state_dict(), staging / shard_file(r["index"]))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         old = ws.root / ".models.old"
         shutil.rmtree(old, ignore_errors=True)

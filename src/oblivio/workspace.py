@@ -55,6 +55,11 @@ class Workspace:
         return self.state_dir / "dp-calibration.json"
 
     @property
+    def corrections_dir(self) -> Path:
+        """Flagged rows of corrective requests and their SSD choices (standing corrections)."""
+        return self.state_dir / "corrections"
+
+    @property
     def quarantine_dir(self) -> Path:
         """Rows being erased, held only until the forget-set audit of the retrained model."""
         return self.state_dir / "quarantine"

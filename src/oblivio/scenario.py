@@ -1,0 +1,83 @@
+"""Manipulated-data scenarios: inject, train, flag a share, correct, measure.
+
+`oblivio scenario backdoor|label-flip` runs this on a scratch copy of the workspace's data
+(never the workspace itself) to show what the corrective route buys over exact erasure
+alone. Measurements use held-out people only, and only their unmanipulated rows.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from oblivio.data.sharding import read_holdout
+from oblivio.data.sources import load_source
+from oblivio.ensemble import MANIFEST, Ensemble, aggregate
+from oblivio.pipeline import limit_subjects, recipe_for
+from oblivio.training.sisa import CheckpointStore, load_final_model
+from oblivio.unlearning.scenarios import (
+    attack_success_rate, confused_class_accuracy, inject_backdoor, inject_label_flip, triggered,
+)
+from oblivio.workspace import Workspace
+
+KINDS = ("backdoor", "label-flip")
+
+
+def poison(root: Path, *, kind: str, fraction: float, seed: int) -> tuple[pd.DataFrame, list[str], dict]:
+    """The workspace's source data with `fraction` of rows manipulated; returns (table, ids, spec)."""
+    ws = Workspace(root)
+    cols = ws.params.data.columns
+    df = load_source(ws.params.data.source, ws.root)
+    if ws.params.data.limit_subjects:
+        df = limit_subjects(df, cols.subject_id, ws.params.data.limit_subjects, ws.secret)
+    labels = list(ws.params.data.label_domain)
+    if kind == "backdoor":
+        out, ids = inject_backdoor(df, record_id=cols.record_id, subject_id=cols.subject_id, label=cols.label,
+                                   features=list(cols.features), fraction=fraction, target_label=labels[-1],
+                                   seed=seed)
+        spec = {"kind": kind, "trigger": out.attrs.get("backdoor_trigger"), "target_label": labels[-1]}
+    else:
+        out, ids = inject_label_flip(df, record_id=cols.record_id, label=cols.label, fraction=fraction,
+                                     classes=(labels[0], labels[-1]), seed=seed)
+        spec = {"kind": kind, "source_class": labels[0], "target_class": labels[-1]}
+    out.attrs = {}
+    return out, ids, spec
+
+
+def _exact_only(ws: Workspace) -> Ensemble:
+    """The retrained shards *before* SSD: the undampened final checkpoints of the manifest."""
+    manifest = json.loads((ws.models_dir / MANIFEST).read_text())
+    ensemble = Ensemble.load(ws.models_dir)
+    store = CheckpointStore(ws.checkpoints_dir)
+    recipe = recipe_for(ws)
+    ensemble.models = [load_final_model(recipe, ws.secret, s["shard"], store, s["chain"][-1])
+                       for s in manifest["shards"]]
+    return ensemble
+
+
+def measure(root: Path, spec: dict, manipulated: set[str]) -> dict:
+    """Clean accuracy and the manipulated-behaviour metric of the published and exact-only ensembles."""
+    ws = Workspace(root)
+    cols = ws.params.data.columns
+    labels = list(ws.params.data.label_domain)
+    holdout = read_holdout(ws.holdout_path)
+    clean = holdout[~holdout[cols.record_id].astype(str).isin(manipulated)]
+    y = clean[cols.label].to_numpy()
+
+    def predict(ensemble: Ensemble, frame: pd.DataFrame) -> np.ndarray:
+        logits = ensemble.shard_logits(ensemble.featurize(frame[list(cols.features)].to_numpy(np.float64)))
+        return np.asarray(labels)[aggregate(logits, ensemble.aggregation).argmax(1)]
+
+    out = {}
+    for name, ensemble in (("published", Ensemble.load(ws.models_dir)), ("exact_only", _exact_only(ws))):
+        pred = predict(ensemble, clean)
+        result = {"clean_accuracy": float((pred == y).mean())}
+        if spec["kind"] == "backdoor":
+            hit = predict(ensemble, triggered(clean, features=list(cols.features), trigger=spec["trigger"]))
+            result["attack_success_rate"] = attack_success_rate(hit, y, target_label=spec["target_label"])
+        else:
+            result["confused_class_accuracy"] = confused_class_accuracy(pred, y, cls=spec["source_class"])
+        out[name] = result
+    return out
