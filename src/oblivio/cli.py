@@ -150,7 +150,9 @@ def cmd_forget(args) -> int:
               args.json, f"{request.id} {note}; {follow}")
         return 0
     result = _process(ws, args, trigger="forget")
-    result["request_ids"] = sorted(set(result["request_ids"]) | {request.id})
+    refused = [r["reason"] for r in result["rejected"] if r["request_id"] == request.id]
+    if refused:
+        raise RequestError(f"Request {request.id} rejected, nothing changed: {refused[0]}")
     _emit(result, args.json, f"{request.id} {note}\n" + _process_summary(result))
     return 0
 
