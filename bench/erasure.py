@@ -174,7 +174,7 @@ def batch_vs_one_by_one(ws: Path, n: int, scratch: Path) -> dict:
     singles = round_robin(people, n)
     taken = set(singles)
     rest = [s for s, _ in people if s not in taken]
-    batch = rest[::max(1, len(rest) // BATCH)][:BATCH]
+    batch = [rest[i * len(rest) // BATCH] for i in range(min(BATCH, len(rest)))]  # evenly over the shards
     walls = [cli_json(ws, "forget", "--subject", s, "--wait")[1] for s in singles]
     ids = scratch / "batch-ids.txt"
     ids.write_text("\n".join(batch) + "\n")

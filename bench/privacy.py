@@ -31,20 +31,25 @@ def one_config(ws: Path, dp: dict) -> dict:
     result, wall = cli_json(ws, "run", "--no-baseline")
     report = json.loads((ws / "reports" / "mia.json").read_text())
     m = result["metrics"]
-    return {"wall": wall, "accuracy": m["accuracy"], "mia": m["mia"],
+    return {"wall": wall, "accuracy": m["accuracy"], "per_class": m["per_class_accuracy"], "mia": m["mia"],
+            "noise_multiplier": result["ingest"]["dp_noise_multiplier"],
             "worst_shard_auc": max(s["auc"] for s in report["shards"]),
             "record_epsilon": (m.get("dp") or {}).get("record_epsilon"),
             "train_seconds": sum(s["seconds"] for s in result["shards"]), "decision": result["decision"]}
 
 
 def config_table(results: dict[str, dict]) -> Table:
-    table = Table(["run", "held-out accuracy", "ensemble MIA AUC", "ensemble TPR@1%FPR", "worst shard-model AUC",
-                   "record epsilon", "run wall", "promotion"])
+    """One row per DP setting; per-class accuracy shows a model that predicts one class only."""
+    table = Table(["run", "held-out accuracy", "per class", "ensemble MIA AUC", "ensemble TPR@1%FPR",
+                   "worst shard-model AUC", "record epsilon", "noise multiplier", "run wall", "promotion"])
     for name, r in results.items():
-        eps = r["record_epsilon"]
-        table.rows.append([name, f"{r['accuracy']:.4f}", f"{r['mia']['ensemble_auc']:.4f}",
+        eps, sigma = r["record_epsilon"], r["noise_multiplier"]
+        per_class = " / ".join(f"{label}: {'–' if acc is None else f'{acc:.2f}'}"
+                               for label, acc in r["per_class"].items())
+        table.rows.append([name, f"{r['accuracy']:.4f}", per_class, f"{r['mia']['ensemble_auc']:.4f}",
                            f"{r['mia']['ensemble_tpr_at_1pct_fpr']:.4f}", f"{r['worst_shard_auc']:.4f}",
-                           "none (no DP)" if eps is None else f"{eps:.3f}", secs(r["wall"]), r["decision"]])
+                           "none (no DP)" if eps is None else f"{eps:.3f}", "–" if sigma is None else f"{sigma:.3f}",
+                           secs(r["wall"]), r["decision"]])
     return table
 
 
