@@ -17,7 +17,7 @@ import torch
 from oblivio.training.nets import build_model, featurize
 from oblivio.training.sisa import Recipe, weights_digest
 
-MANIFEST = "manifest.json"
+MANIFEST = "manifest.json"  # the name Workspace.manifest_path uses too
 
 
 def shard_file(k: int) -> str:

@@ -28,12 +28,9 @@ from oblivio import lineage, tracking
 from oblivio.data.sharding import (
     RECORD_KEY, SHARD, SLICE, SUBJECT_KEY, record_key, rewrite_partition, subject_key,
 )
-from oblivio.ensemble import MANIFEST
 from oblivio.errors import RequestError
 from oblivio.faults import crash_point
 from oblivio.ledger import Ledger, Request
-from oblivio.training.sisa import CheckpointStore
-from oblivio.unlearning.corrective import store_flagged
 from oblivio.workspace import Workspace
 
 HOLDOUT = -1  # the shard index placement uses for held-out rows
@@ -215,6 +212,8 @@ def apply(root: Path, batch: dict) -> dict:
 
 def _keep_corrective_evidence(ws: Workspace, batch: dict, rows: pd.DataFrame) -> None:
     """Corrective requests keep their flagged rows: SSD needs them at every later publish."""
+    from oblivio.unlearning.corrective import store_flagged
+
     ledger = Ledger(ws.ledger_path)
     try:
         for request_id in batch["requests"]:
@@ -266,8 +265,10 @@ def purge(root: Path, *, keep_version: int, request_ids: list[str]) -> dict:
     - the quarantined rows kept for the forget-set audit;
     - Prefect result storage (nothing is cached there by design; anything found goes).
     """
+    from oblivio.training.sisa import CheckpointStore
+
     ws = Workspace(root)
-    manifest = json.loads((ws.models_dir / MANIFEST).read_text())
+    manifest = json.loads(ws.manifest_path.read_text())
     store = CheckpointStore(ws.checkpoints_dir)
     keep = {store.path(s["shard"], key) for s in manifest["shards"] for key in s["chain"]}
     removed_checkpoints = store.remove_all_but(keep)
@@ -325,7 +326,7 @@ def certificate(ws: Workspace, req: Request, *, batch: dict, registered: dict, p
     """What an auditor needs to check the request was honoured, with hashes only."""
     mine = batch["per_request"].get(req.id, {"records": 0, "shards": [], "first_slices": {}, "holdout_records": 0})
     retrained = {s["index"]: s for s in shards if s["slices_trained"]}
-    manifest = json.loads((ws.models_dir / MANIFEST).read_text())
+    manifest = json.loads(ws.manifest_path.read_text())
     source = ws.params.data.source
     return {
         "request_id": req.id, "kind": req.kind, "reason": req.reason, "submitted_at": req.created_at,

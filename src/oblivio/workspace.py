@@ -92,6 +92,11 @@ class Workspace:
         return self.root / "models"
 
     @property
+    def manifest_path(self) -> Path:
+        """The published ensemble's manifest: recipe, shards, commitments, weight hashes."""
+        return self.models_dir / "manifest.json"
+
+    @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
 

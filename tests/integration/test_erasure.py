@@ -9,18 +9,29 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import cli, cli_json, csv_workspace, set_params, synthetic_table
+from helpers import TEST_SECRET, cli, cli_json, csv_workspace, set_params, synthetic_table
 
 pytestmark = pytest.mark.integration
 MARKER = "zq-MARKER-7f3a9c"
 MARKER_VALUE = 12345.678901
 
 
+def training_side_subject() -> str:
+    """A marker subject id the test secret places on the training side (not held out)."""
+    from oblivio.data.sharding import is_holdout
+
+    secret = bytes.fromhex(TEST_SECRET)
+    return next(f"{MARKER}-subject{i}" for i in range(100) if not is_holdout(secret, f"{MARKER}-subject{i}", 0.2))
+
+
+SUBJECT = training_side_subject()
+
+
 def marked_table() -> pd.DataFrame:
     """The synthetic table plus one person whose ids and one value are unique markers."""
     table = synthetic_table()
     table["person"] = "p" + table["person"].astype(str)
-    planted = pd.DataFrame([{"rid": f"{MARKER}-r{j}", "person": f"{MARKER}-subject", "y": j % 2,
+    planted = pd.DataFrame([{"rid": f"{MARKER}-r{j}", "person": SUBJECT, "y": j % 2,
                              "a": MARKER_VALUE if j == 0 else 0.5, "b": 0.1, "c": -0.2} for j in range(3)])
     return pd.concat([table, planted], ignore_index=True)
 
@@ -35,7 +46,7 @@ def erased(tmp_path_factory):
     set_params(ws, {"data": {"source": str(source)}})
     before = cli_json(ws, "run")
     checkpoints_before = file_digests(ws / "checkpoints")
-    result = json.loads(cli(ws, "forget", "--subject", f"{MARKER}-subject", "--reason", "GDPR art. 17 #881",
+    result = json.loads(cli(ws, "forget", "--subject", SUBJECT, "--reason", "GDPR art. 17 #881",
                             "--wait", "--json").stdout)
     return ws, source, before, result, checkpoints_before
 
@@ -143,7 +154,7 @@ def test_verify_passes_and_catches_tampering(erased):
 
 def test_same_request_twice_is_recorded_once(erased):
     ws, _, _, result, _ = erased
-    again = json.loads(cli(ws, "forget", "--subject", f"{MARKER}-subject", "--json").stdout)
+    again = json.loads(cli(ws, "forget", "--subject", SUBJECT, "--json").stdout)
     assert again["request_ids"] == result["request_ids"] and again["created"] is False
 
 
