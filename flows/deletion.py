@@ -17,12 +17,11 @@ def deletion_pipeline(root: str, n_shards: int, trigger: str = "manual") -> dict
         return {"status": "nothing to do", "request_ids": [], "rejected": batch["rejected"],
                 "seconds": time.perf_counter() - began}
     applied = d.apply(root, batch)
-    t.version(root, ["ingest"])
     shard_futures = [t.train_shard.submit(root, k) for k in range(n_shards)]
     shards = [f.result() for f in shard_futures]
     t.publish_models(root, shards)
     metrics = t.evaluate(root, None)
-    hashes = t.version(root, ["train", "evaluate"])
+    hashes = t.version(root, ["ingest", "train", "evaluate"])  # one DVC commit + push for the batch
     registered = t.register(root, {"run_name": f"deletion-{time.strftime('%Y%m%d-%H%M%S')}", "trigger": trigger,
                                    "data": hashes, "shards": shards, "metrics": metrics,
                                    "requests": batch["requests"]})

@@ -13,14 +13,13 @@ def training_pipeline(root: str, n_shards: int, *, baseline: bool = True, from_s
                       trigger: str = "manual") -> dict:
     began = time.perf_counter()
     ingested = t.ingest(root)
-    t.version(root, ["ingest"])
     shard_futures = [t.train_shard.submit(root, k, from_scratch) for k in range(n_shards)]
     baseline_future = t.train_baseline.submit(root, from_scratch) if baseline else None
     shards = [f.result() for f in shard_futures]
     t.publish_models(root, shards)
     baseline_result = baseline_future.result() if baseline_future else None
     metrics = t.evaluate(root, baseline_result)
-    hashes = t.version(root, ["train", "evaluate"])
+    hashes = t.version(root, ["ingest", "train", "evaluate"])  # one DVC commit + push for the run
     registered = t.register(root, {"run_name": f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}", "trigger": trigger,
                                    "data": hashes, "shards": shards, "metrics": metrics})
     promoted = t.promote(root, registered)

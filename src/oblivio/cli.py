@@ -44,11 +44,11 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", module="mlflow")
 
 
-def _runner(ws, args):
+def _runner(ws, args, default_kind: str | None = None):
     from flows.runners import make_task_runner
 
     ex = ws.params.executor
-    return make_task_runner(args.executor or ex.kind, max_workers=args.workers or ex.max_workers,
+    return make_task_runner(args.executor or default_kind or ex.kind, max_workers=args.workers or ex.max_workers,
                             dask_address=args.dask_address or ex.dask_address, environment=ws.environment())
 
 
@@ -92,7 +92,8 @@ def _process(ws, args, trigger: str) -> dict:
         from flows.deletion import deletion_pipeline
 
         tracking.ensure_experiment(ws.mlflow)
-        flow = deletion_pipeline.with_options(task_runner=_runner(ws, args))
+        # a batch retrains a shard or two: threads start at once, a process pool costs seconds
+        flow = deletion_pipeline.with_options(task_runner=_runner(ws, args, default_kind="thread"))
         ready()
         try:
             return flow(str(ws.root), ws.params.sisa.shards, trigger=trigger)

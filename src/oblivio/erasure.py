@@ -12,11 +12,11 @@ dropping tombstoned keys, which is a no-op the second time.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -308,15 +308,23 @@ def _purge_model_versions(ws: Workspace, *, keep_version: int, request_ids: list
 
 
 def _mlflow_gc(cfg) -> None:
-    """`mlflow gc`: deleted runs and logged models lose their artifacts for good."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.tracking_uri}
-    exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
-    result = subprocess.run([exe, "gc", "--backend-store-uri", cfg.tracking_uri], env=env,
-                            capture_output=True, text=True)
-    if result.returncode != 0:
+    """`mlflow gc`, in-process: deleted runs and logged models lose their artifacts for good."""
+    from mlflow.cli import gc
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = cfg.tracking_uri  # gc resolves artifact locations through it
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            gc.main(["--backend-store-uri", cfg.tracking_uri], standalone_mode=False)
+    except Exception as err:
         from oblivio.errors import IntegrityError
 
-        raise IntegrityError(f"`mlflow gc` failed; erased data may remain in MLflow artifacts:\n{result.stderr[-2000:]}")
+        raise IntegrityError(f"`mlflow gc` failed; erased data may remain in MLflow artifacts: {err}") from err
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 # --- certificates ---------------------------------------------------------------------
