@@ -179,27 +179,27 @@ def test_malformed_ids_file_names_the_line(erased, tmp_path):
     assert proc.returncode == 2 and "line(s) 3" in proc.stderr and "p2" not in proc.stderr
 
 
-def test_record_erasure_of_the_last_record_of_the_last_slice(tmp_path):
+# The last two tests change the shared workspace further, so they come last.
+
+def test_request_emptying_a_shard_is_rejected(erased, tmp_path):
+    ws, _, _, _, _ = erased
+    part = pq.read_table(ws / "data" / "shards" / "shard=2" / "part.parquet").to_pandas()
+    ids = tmp_path / "everyone.txt"
+    ids.write_text("\n".join(part["person"].astype(str).unique()))
+    before = {r["id"] for r in json.loads(cli(ws, "requests", "--json").stdout)["requests"]}
+    cli(ws, "forget", "--from-file", str(ids))
+    result = json.loads(cli(ws, "process", "--json").stdout)
+    assert result["request_ids"] == [] and "every record of shard(s) [2]" in result["rejected"][0]["reason"]
+    new = [r for r in json.loads(cli(ws, "requests", "--json").stdout)["requests"] if r["id"] not in before]
+    assert [r["status"] for r in new] == ["rejected"]
+
+
+def test_record_erasure_of_the_last_record_of_the_last_slice(erased):
     """Every record is covered: the shard's trailing record retrains exactly its (last) slice."""
-    ws = csv_workspace(tmp_path)
-    cli_json(ws, "run")
+    ws, _, _, _, _ = erased
     part = pq.read_table(ws / "data" / "shards" / "shard=0" / "part.parquet").to_pandas()
     last = part.iloc[-1]
     assert last["_slice"] == 1
     result = json.loads(cli(ws, "forget", "--record", str(last["rid"]), "--wait", "--json").stdout)
     assert result["shards_retrained"] == [0] and result["slices_retrained"] == 1
     assert result["records_removed"] == 1
-
-
-def test_request_emptying_a_shard_is_rejected(tmp_path):
-    ws = csv_workspace(tmp_path, table=synthetic_table(n_subjects=60))
-    cli_json(ws, "run")
-    part = pq.read_table(ws / "data" / "shards" / "shard=2" / "part.parquet").to_pandas()
-    ids = tmp_path / "everyone.txt"
-    ids.write_text("\n".join(part["person"].astype(str).unique()))
-    cli(ws, "forget", "--from-file", str(ids))
-    proc = cli(ws, "process", "--json")
-    result = json.loads(proc.stdout)
-    assert result["request_ids"] == [] and "every record of shard(s) [2]" in result["rejected"][0]["reason"]
-    statuses = [r["status"] for r in json.loads(cli(ws, "requests", "--json").stdout)["requests"]]
-    assert statuses == ["rejected"]
