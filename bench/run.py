@@ -1,7 +1,8 @@
 """Oblivio's benchmarks, side by side in one run: `.venv/bin/python bench/run.py [--quick] [--only NAME,...]`.
 
 Sections: pipeline (accuracy and overhead of a run), erasure (one deletion vs a full
-retrain, at two data sizes; DVC bytes; batch vs one by one), privacy (MIA and DP).
+retrain, at two data sizes; DVC bytes; batch vs one by one), privacy (MIA and DP), load
+(concurrent submissions during a batch; peak RSS on a 1M-row table).
 Prints a markdown report and writes it, with the raw numbers, to bench/results/latest.{md,json}.
 The machine is shared and noisy: ratios measured in one run mean more than seconds.
 """
@@ -20,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import erasure, pipeline, privacy  # noqa: E402
+from bench import erasure, load, pipeline, privacy  # noqa: E402
 from bench.common import Section, Settings, log  # noqa: E402
 
-SECTIONS = {"pipeline": pipeline.run, "erasure": erasure.run, "privacy": privacy.run}
+SECTIONS = {"pipeline": pipeline.run, "erasure": erasure.run, "privacy": privacy.run, "load": load.run}
 RESULTS = Path(__file__).resolve().parent / "results"
 ONE_BY_ONE = 10
 QUICK_ONE_BY_ONE = 2  # each erasure is a full command (~40 s of fixed cost): 10 would not be quick

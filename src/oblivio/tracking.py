@@ -45,7 +45,6 @@ def ensure_experiment(cfg: MlflowConfig) -> str:
 
 
 def _dataset(name: str, digest: str, uri: str, columns: list[str]):
-    from mlflow.data.http_dataset_source import HTTPDatasetSource  # noqa: F401  (registers source types)
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.types import ColSpec, Schema
