@@ -1,7 +1,6 @@
 """The whole pipeline through the real CLI: Prefect, GX, DVC and an MLflow sqlite registry."""
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 import yaml
