@@ -204,7 +204,8 @@ def flow_phases(ws: Path, cli_wall: float) -> list[tuple[str, float]]:
     for kind, start, end in steps:
         if (start - previous_end).total_seconds() > 0.5:
             out.append((f"idle before {kind}", (start - previous_end).total_seconds()))
-        out.append((kind, (end - start).total_seconds()))
+        # a step that overlaps the previous one (publishing while the baseline still trains) counts from its end
+        out.append((kind, max(0.0, (end - max(start, previous_end)).total_seconds())))
         previous_end = max(previous_end, end)
     flow_seconds = (_when(flow_end) - _when(flow_start)).total_seconds()
     out.append(("other (short gaps in the flow)", flow_seconds - sum(s for _, s in out)))
