@@ -265,3 +265,21 @@ def test_mismatched_shapes_are_rejected_with_both_shapes_named():
         shard_lira(margins=np.zeros((6, 1)), member_of=np.zeros(6, dtype=int), holdout_margins=np.zeros((2, 1)))
     with pytest.raises(ValueError, match=r"\(3,\) and \(4,\)"):
         tpr_at_fpr(np.zeros(3), np.zeros(4), 0.01)
+
+
+def test_fast_bootstrap_equals_sorting_every_resample():
+    """The counting bootstrap must give exactly the intervals of re-sorting each resample."""
+    from oblivio.audit import mia
+
+    rng = np.random.default_rng(3)
+    pos, neg = np.round(rng.normal(0.3, 1, 400), 1), np.round(rng.normal(0, 1, 1500), 1)  # many ties
+    replay = np.random.default_rng(11)
+    draws = {name: [] for name in mia.METRIC_NAMES}
+    for _ in range(60):
+        p, q = pos[replay.integers(0, pos.size, pos.size)], neg[replay.integers(0, neg.size, neg.size)]
+        for name, value in mia._metrics(p, q)[0].items():
+            draws[name].append(value)
+    fast = mia._bootstrap_intervals(pos, neg, n_bootstrap=60, seed=11)
+    for name, values in draws.items():
+        assert fast[name].low == pytest.approx(np.percentile(values, 2.5), abs=1e-12)
+        assert fast[name].high == pytest.approx(np.percentile(values, 97.5), abs=1e-12)

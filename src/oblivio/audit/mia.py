@@ -386,13 +386,28 @@ def _metrics(pos: np.ndarray, neg: np.ndarray) -> tuple[dict[str, float], np.nda
 
 
 def _bootstrap_intervals(pos: np.ndarray, neg: np.ndarray, *, n_bootstrap: int, seed: int) -> dict[str, Interval]:
+    """Percentile intervals from resampling members and non-members independently.
+
+    A resample is a multiset of the original scores, so it is described by how often each
+    distinct score was drawn. The scores are sorted once; each replicate is then counts,
+    cumulative sums and no sort: the same replicates and metrics as sorting every
+    resample, about ten times faster (the audit runs after every training).
+    """
     rng = np.random.default_rng(seed)
+    uniq, inverse = np.unique(np.concatenate([pos, neg]), return_inverse=True)
+    block = uniq.size - 1 - inverse  # tie-block index in descending score order
+    pos_block, neg_block = block[: pos.size], block[pos.size:]
     draws = {name: np.empty(n_bootstrap) for name in METRIC_NAMES}
     for b in range(n_bootstrap):
-        resampled_pos = pos[rng.integers(0, pos.size, pos.size)]
-        resampled_neg = neg[rng.integers(0, neg.size, neg.size)]
-        for name, value in _metrics(resampled_pos, resampled_neg)[0].items():
-            draws[name][b] = value
+        pos_w = np.bincount(pos_block[rng.integers(0, pos.size, pos.size)], minlength=uniq.size)
+        neg_w = np.bincount(neg_block[rng.integers(0, neg.size, neg.size)], minlength=uniq.size)
+        true_pos, false_pos = np.cumsum(pos_w), np.cumsum(neg_w)
+        fpr, tpr = np.r_[0, false_pos] / neg.size, np.r_[0, true_pos] / pos.size
+        below = neg.size - false_pos  # non-members scoring strictly lower than each block
+        draws["auc"][b] = float(np.dot(pos_w, below + 0.5 * neg_w) / (pos.size * neg.size))
+        draws["tpr_at_0_1pct_fpr"][b] = tpr_at_fpr(fpr, tpr, 1e-3)
+        draws["tpr_at_1pct_fpr"][b] = tpr_at_fpr(fpr, tpr, 1e-2)
+        draws["balanced_accuracy"][b] = float(np.max((tpr + 1.0 - fpr) / 2.0))
     return {
         name: Interval(low=float(np.percentile(v, 2.5)), high=float(np.percentile(v, 97.5)))
         for name, v in draws.items()
