@@ -71,6 +71,7 @@ class GateParams:
     max_mia_tpr_at_1pct_fpr: float = 0.1  # worst attack TPR at 1 % FPR
     max_epsilon: float = 10.0  # record-level DP epsilon, when dp.enabled
     max_forget_set_auc: float = 0.6  # after an erasure: erased rows must score like non-members
+    min_forget_set_subjects: int = 20  # ... judged only from this many erased people on
     require_approval: bool = False
 
 

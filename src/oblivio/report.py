@@ -36,7 +36,9 @@ def render_version_report(summary: dict) -> str:
                   f"{_fmt(mia['shard_auc_mean'])}, worst AUC {_fmt(mia['max_auc'])}, "
                   f"worst TPR@1%FPR {_fmt(mia['max_tpr_at_1pct_fpr'])}, TPR@0.1%FPR {_fmt(mia['max_tpr_at_0_1pct_fpr'])}"]
         if "forget_set_auc" in mia:
-            lines.append(f"- erased rows vs held-out people: AUC {_fmt(mia['forget_set_auc'])} (should be near 0.5)")
+            lines.append(f"- erased rows ({mia.get('forget_set_subjects', '?')} people) vs held-out people: AUC "
+                         f"{_fmt(mia['forget_set_auc'])} (near 0.5 expected; "
+                         "gated only from gates.min_forget_set_subjects people on)")
         lines.append("- few reference models make the 0.1% FPR figure noisy; see mia.json for intervals")
     dp = m.get("dp")
     if dp:

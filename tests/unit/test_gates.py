@@ -191,7 +191,15 @@ def test_epsilon_gate_reads_the_record_level_epsilon() -> None:
 
 @pytest.mark.parametrize("low, passed", [(0.40, True), (0.59, True), (0.65, False)])
 def test_forget_set_gate_fails_only_on_significant_leakage(low: float, passed: bool) -> None:
-    """A point AUC of 0.9 on three rows is noise; only the interval's lower end decides."""
-    mia = {"forget_set_auc": 0.9, "forget_set_auc_low": low, "forget_set_size": 3}
+    """A point AUC of 0.9 on a small forget set is noise; only the interval's lower end decides."""
+    mia = {"forget_set_auc": 0.9, "forget_set_auc_low": low, "forget_set_size": 30, "forget_set_subjects": 25}
     result = evaluate_gates(_ctx({"mia": mia}))["max_forget_set_auc"]
-    assert result.passed is passed and result.value == 0.9 and "(3)" in result.detail
+    assert result.passed is passed and result.value == 0.9 and "(30 of 25 people)" in result.detail
+
+
+def test_forget_set_gate_waits_for_enough_people() -> None:
+    """One person's rows scoring high says how typical they are, not that the model remembers them."""
+    mia = {"forget_set_auc": 0.9, "forget_set_auc_low": 0.8, "forget_set_size": 12, "forget_set_subjects": 1}
+    assert "max_forget_set_auc" not in evaluate_gates(_ctx({"mia": mia}))
+    enough = {**mia, "forget_set_subjects": GateParams().min_forget_set_subjects}
+    assert evaluate_gates(_ctx({"mia": enough}))["max_forget_set_auc"].passed is False

@@ -283,3 +283,30 @@ def test_fast_bootstrap_equals_sorting_every_resample():
     for name, values in draws.items():
         assert fast[name].low == pytest.approx(np.percentile(values, 2.5), abs=1e-12)
         assert fast[name].high == pytest.approx(np.percentile(values, 97.5), abs=1e-12)
+
+
+def test_grouped_bootstrap_resamples_whole_people():
+    """With member groups, a replicate is whole people drawn with replacement: the same
+    intervals as building each resample by hand, and wider than treating rows as independent
+    when a person's rows move together."""
+    from oblivio.audit import mia
+
+    rng = np.random.default_rng(5)
+    person_effect = rng.normal(0, 1, 8)
+    groups = np.repeat(np.arange(8), 25)
+    pos = np.round(person_effect[groups] + rng.normal(0, 0.1, groups.size), 2)
+    neg = np.round(rng.normal(0, 1, 600), 2)
+    replay = np.random.default_rng(7)
+    draws = {name: [] for name in mia.METRIC_NAMES}
+    for _ in range(40):
+        people = replay.integers(0, 8, 8)
+        p = np.concatenate([pos[groups == g] for g in people])
+        q = neg[replay.integers(0, neg.size, neg.size)]
+        for name, value in mia._metrics(p, q)[0].items():
+            draws[name].append(value)
+    grouped = mia._bootstrap_intervals(pos, neg, n_bootstrap=40, seed=7, member_groups=groups)
+    for name, values in draws.items():
+        assert grouped[name].low == pytest.approx(np.percentile(values, 2.5), abs=1e-12)
+        assert grouped[name].high == pytest.approx(np.percentile(values, 97.5), abs=1e-12)
+    by_row = mia._bootstrap_intervals(pos, neg, n_bootstrap=40, seed=7)
+    assert grouped["auc"].high - grouped["auc"].low > 2 * (by_row["auc"].high - by_row["auc"].low)

@@ -83,16 +83,24 @@ def _max_mia_tpr(ctx: AuditContext) -> GateResult | None:
 
 @gate("max_forget_set_auc")
 def _max_forget_set_auc(ctx: AuditContext) -> GateResult | None:
-    """Erased rows must score like non-members. A handful of rows gives a wide interval, so
-    the gate fails only when even the interval's lower end is above the threshold."""
+    """Erased rows must score like non-members.
+
+    The test's unit is the person: one person's rows are correlated, and whether one
+    person scores above the held-out crowd says more about how typical they are than
+    about memorisation. So the gate applies from `min_forget_set_subjects` erased people
+    on, and then fails only when even the interval's lower end (people resampled) is
+    above the threshold. Below that, the AUC is still reported, and exactness of the
+    erasure rests on the retraining proof (`oblivio verify`), not on this statistic.
+    """
     mia = ctx.metrics.get("mia", {})
-    if "forget_set_auc" not in mia:
+    if "forget_set_auc" not in mia or mia.get("forget_set_subjects", 0) < ctx.gates.min_forget_set_subjects:
         return None
     low, value, threshold = mia["forget_set_auc_low"], mia["forget_set_auc"], ctx.gates.max_forget_set_auc
     passed = low <= threshold + TOLERANCE
     return GateResult(passed, value, threshold,
-                      f"erased rows ({mia['forget_set_size']}) vs held-out people: attack AUC {value:.4f}, "
-                      f"95% interval from {low:.4f} {'<=' if passed else '>'} {threshold}")
+                      f"erased rows ({mia['forget_set_size']} of {mia['forget_set_subjects']} people) vs held-out "
+                      f"people: attack AUC {value:.4f}, 95% interval from {low:.4f} {'<=' if passed else '>'} "
+                      f"{threshold}")
 
 
 @gate("max_epsilon")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from oblivio.audit.mia import evaluate_attack, logit_margin, plot_roc, probability_margin, shard_lira
-from oblivio.data.sharding import SHARD, read_holdout, read_shard
+from oblivio.data.sharding import SHARD, SUBJECT_KEY, read_holdout, read_shard
 from oblivio.ensemble import Ensemble, aggregate
 
 REPORT = "mia.json"
@@ -61,8 +61,8 @@ def membership_audit(*, models_dir: Path, shards_dir: Path, holdout_path: Path, 
     if forget is not None and len(forget):
         _, forget_m = _margins(ensemble, *arrays(forget))
         erased = evaluate_attack(attack="population/forget-set", member_scores=forget_m,
-                                 nonmember_scores=hold_ens_m, seed=seed)
-        summary["forget_set"] = erased.to_json()
+                                 nonmember_scores=hold_ens_m, seed=seed, member_groups=forget[SUBJECT_KEY].to_numpy())
+        summary["forget_set"] = {**erased.to_json(), "n_subjects": int(forget[SUBJECT_KEY].nunique())}
         results.append(erased)
     reports_dir.mkdir(parents=True, exist_ok=True)
     plot_roc([(r.attack, r.fpr, r.tpr) for r in results], reports_dir / ROC_PLOT)
@@ -84,4 +84,5 @@ def headline(summary: dict) -> dict:
         out["forget_set_auc"] = summary["forget_set"]["auc"]
         out["forget_set_auc_low"] = summary["forget_set"]["intervals"]["auc"]["low"]
         out["forget_set_size"] = summary["forget_set"]["n_members"]
+        out["forget_set_subjects"] = summary["forget_set"]["n_subjects"]
     return out
