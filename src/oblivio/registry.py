@@ -60,7 +60,7 @@ def register(root: Path, run: dict) -> dict:
               "oblivio.dataset_version": dataset["version"], "oblivio.models_version": hashes.get("models", "")},
         dataset=dataset, shards=run["shards"], metrics=run["metrics"], models_dir=ws.models_dir,
         features=list(ws.params.data.columns.features), labels=list(ws.params.data.label_domain),
-        artifacts={name: ws.reports_dir / name for name in ("metrics.json", "mia.json", "mia_roc.png")
+        artifacts={name: ws.reports_dir / name for name in ("metrics.json", "mia.json", "mia_roc.svg")
                    if (ws.reports_dir / name).exists()},
     )
     summary = {

@@ -44,4 +44,4 @@ def test_gates_and_approval_decide_the_champion(tmp_path):
     assert mv.tags["gate.min_accuracy"] == "FAILED" and "blocked" in mv.tags["oblivio.promotion"]
     assert "champion" not in mv.aliases
     artifacts = client(cfg).list_artifacts(mv.run_id)
-    assert {"mia.json", "mia_roc.png", "metrics.json"} <= {a.path for a in artifacts}
+    assert {"mia.json", "mia_roc.svg", "metrics.json"} <= {a.path for a in artifacts}

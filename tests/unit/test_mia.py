@@ -14,12 +14,12 @@ from oblivio.audit.mia import (
     evaluate_attack,
     lira_offline_scores,
     logit_margin,
-    plot_roc,
     probability_margin,
     roc_curve,
     shard_lira,
     tpr_at_fpr,
 )
+from oblivio.audit.roc_plot import plot_roc
 
 # --- AUC and ROC ---------------------------------------------------------------------
 
@@ -239,15 +239,25 @@ def test_bootstrap_intervals_contain_point_estimates_and_notes_warn_on_small_sam
     assert "fpr" not in payload
 
 
-def test_plot_roc_writes_a_png(tmp_path):
+def test_plot_roc_writes_an_svg_with_every_curve_on_both_panels(tmp_path):
+    import xml.etree.ElementTree as ET
+
     rng = np.random.default_rng(4)
     curves = []
-    for name, shift in (("strong", 2.0), ("weak", 0.2)):
+    for name, shift in (("strong", 2.0), ("weak <0.2>", 0.2)):
         fpr, tpr = roc_curve(member_scores=rng.normal(shift, 1, 400), nonmember_scores=rng.normal(0, 1, 400))
         curves.append((name, fpr, tpr))
-    out = plot_roc(curves, tmp_path / "plots" / "roc.png")
-    data = out.read_bytes()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+    out = plot_roc(curves, tmp_path / "plots" / "roc.svg")
+    root = ET.parse(out).getroot()  # well-formed XML, names escaped
+    ns = "{http://www.w3.org/2000/svg}"
+    lines = root.findall(f"{ns}polyline")
+    assert len(lines) == 2 * (len(curves) + 1)  # each curve and the chance line, on both panels
+    texts = {t.text for t in root.findall(f"{ns}text")}
+    assert {"strong", "weak <0.2>", "ROC (linear)", "ROC (log-log)"} <= texts
+    # the strong attack's curve lies above the weak one's at FPR 0.1 on the linear panel
+    from oblivio.audit.roc_plot import _step
+
+    assert _step(curves[0][1], curves[0][2], np.array([0.1]))[0] > _step(curves[1][1], curves[1][2], np.array([0.1]))[0]
 
 
 def test_mismatched_shapes_are_rejected_with_both_shapes_named():

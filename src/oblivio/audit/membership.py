@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from oblivio.audit.mia import evaluate_attack, logit_margin, plot_roc, probability_margin, shard_lira
+from oblivio.audit.mia import evaluate_attack, logit_margin, probability_margin, shard_lira
+from oblivio.audit.roc_plot import plot_roc
 from oblivio.data.sharding import SHARD, SUBJECT_KEY, read_holdout, read_shard
 from oblivio.ensemble import Ensemble, aggregate
 
 REPORT = "mia.json"
-ROC_PLOT = "mia_roc.png"
+ROC_PLOT = "mia_roc.svg"
 
 
 def _margins(ensemble: Ensemble, raw: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

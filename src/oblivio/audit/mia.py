@@ -16,8 +16,7 @@ Scores are "higher = more member-like" throughout. Metrics follow the paper's ad
 report TPR at low FPR next to AUC, with bootstrap intervals and plain-language notes when
 the sample is too small for a figure to mean what its name says.
 
-Everything here is a pure function over numpy arrays; matplotlib is imported only by
-`plot_roc`.
+Everything here is a pure function over numpy arrays; the plot is in `roc_plot`.
 """
 from __future__ import annotations
 
@@ -291,41 +290,6 @@ def shard_lira(
 
 
 # --- plotting ------------------------------------------------------------------------
-
-
-def plot_roc(results_with_curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path) -> Path:
-    """Write one PNG of ROC curves: linear axes (AUC view) and log-log axes (low-FPR view).
-
-    The log-log panel starts at FPR 1e-4 because the attacks that matter are the ones
-    confident on a few records, which the linear panel hides. Uses the Agg canvas
-    directly, so no display or global pyplot state is touched.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    curves = list(results_with_curves)
-    if not curves:
-        raise ValueError("plot_roc needs at least one (name, fpr, tpr) curve")
-    fig = Figure(figsize=(11, 5), layout="constrained")
-    FigureCanvasAgg(fig)
-    linear, loglog = fig.subplots(1, 2)
-    for name, fpr, tpr in curves:
-        f, t = np.asarray(fpr), np.asarray(tpr)
-        if f.ndim != 1 or f.shape != t.shape:
-            raise ValueError(f"curve {name!r}: fpr and tpr must be 1-D of one shape; got {f.shape} and {t.shape}")
-        linear.plot(f, t, linewidth=1.2, label=name)
-        loglog.plot(f, t, linewidth=1.2, label=name)
-    linear.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="chance")
-    loglog.plot([1e-4, 1], [1e-4, 1], "k--", linewidth=0.8, label="chance")
-    linear.set(xlim=(0, 1), ylim=(0, 1), title="ROC (linear)")
-    loglog.set(xscale="log", yscale="log", xlim=(1e-4, 1), ylim=(1e-4, 1), title="ROC (log-log)")
-    for ax in (linear, loglog):
-        ax.set(xlabel="false positive rate", ylabel="true positive rate")
-        ax.legend(loc="lower right", fontsize="small")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    return out
 
 
 # --- helpers -------------------------------------------------------------------------
