@@ -68,7 +68,7 @@ def run(settings: Settings) -> Section:
         ("run wall / in-process training (shards + baseline)", times(wall / in_process), ""),
         ("`oblivio --help` wall clock", secs(help_wall), "median of 5"),
     ]
-    raw = {"wall_seconds": wall, "flow_seconds": result["seconds"], "accuracy": m["accuracy"],
+    raw = {"wall_seconds": wall, "flow_seconds": result["flow_seconds"], "accuracy": m["accuracy"],
            "baseline_accuracy": m["baseline_accuracy"], "shard_seconds": shard_seconds,
            "in_process_shard_seconds": bare["shards"], "in_process_baseline_seconds": bare["baseline"],
            "help_seconds": help_wall, "phases": phases}

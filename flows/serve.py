@@ -55,23 +55,34 @@ def prefect_server(*, host: str, port: int, log_path: Path, timeout: float = 120
 
 def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host: str, port: int,
                     state_file: Path, log_path: Path, ready=None) -> None:
-    """Serve until interrupted; deployments stay usable (not paused) afterwards."""
+    """Serve until interrupted; deployments stay usable (not paused) afterwards.
+
+    Prefect's runner serves the scheduled pipeline; the deletion deployment's runs are
+    executed by this process itself, warm (flows/warm.py).
+    """
     with prefect_server(host=host, port=port, log_path=log_path) as api_url:
         os.environ["PREFECT_API_URL"] = api_url
         from prefect import serve
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
+        from flows.deletion import deletion_pipeline
         from flows.deployments import workspace_deployments
+        from flows.warm import WarmDeletions, warm_up
+        from oblivio.workspace import Workspace
 
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            deployments = workspace_deployments(str(root), n_shards=n_shards, cron=cron, timezone=timezone)
+            scheduled, deletion = workspace_deployments(str(root), n_shards=n_shards, cron=cron, timezone=timezone)
+            deletions = WarmDeletions(root, deletion.apply(), deletion_pipeline)
+            warm_up(Workspace(root))
+            deletions.start()
             state_file.write_text(json.dumps({"api_url": api_url, "pid": os.getpid()}))
             try:
                 if ready:
-                    ready(api_url, [f"{d.flow_name}/{d.name}" for d in deployments])
-                serve(*deployments, pause_on_shutdown=False, print_starting_message=False)
+                    ready(api_url, [f"{d.flow_name}/{d.name}" for d in (scheduled, deletion)])
+                serve(scheduled, pause_on_shutdown=False, print_starting_message=False)
             finally:
                 state_file.unlink(missing_ok=True)
+                deletions.stop()
 
 
 def serving_api(state_file: Path) -> str | None:

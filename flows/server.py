@@ -7,9 +7,15 @@ background thread, so its boot overlaps the command's own imports.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -28,13 +34,12 @@ def prefect_api() -> Iterator[Callable[[], str]]:
 
     def boot() -> None:
         try:
-            from prefect.server.api.server import SubprocessASGIServer
-
-            server = SubprocessASGIServer()
+            server = _start_server()
             started["server"] = server
-            server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
             pidfile.parent.mkdir(parents=True, exist_ok=True)
-            pidfile.write_text(str(server.server_process.pid))
+            pidfile.write_text(str(server.pid))
+            started["url"] = _wait_healthy(server, timeout=float(
+                os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
         except BaseException as err:  # re-raised in the caller's thread by ready()
             started["error"] = err
 
@@ -46,7 +51,7 @@ def prefect_api() -> Iterator[Callable[[], str]]:
             thread.join()
             if "error" in started:
                 raise started["error"]
-            url = started["server"].api_url
+            url = started["url"]
             if os.environ.get("PREFECT_API_URL") != url:
                 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -59,12 +64,58 @@ def prefect_api() -> Iterator[Callable[[], str]]:
         finally:
             thread.join()
             if "server" in started:
-                from prefect.logging.handlers import APILogWorker
+                if "prefect.logging.handlers" in sys.modules:
+                    from prefect.logging.handlers import APILogWorker
 
-                APILogWorker.drain_all(timeout=5)  # the last log lines reach the server before it stops
+                    APILogWorker.drain_all(timeout=5)  # the last log lines reach the server before it stops
                 os.environ.pop("PREFECT_API_URL", None)
-                started["server"].stop()
+                _stop(started["server"])
             pidfile.unlink(missing_ok=True)
+
+
+def _start_server() -> subprocess.Popen:
+    """What Prefect's own temporary server runs (uvicorn over `create_app`, UI off), started
+    without importing Prefect's server package here: that import alone is seconds of CPU
+    taken from the command's own imports."""
+    app_dir = Path(importlib.util.find_spec("prefect").origin).parent.parent
+    port = _free_port()
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    return subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+                             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+                             "--log-level", "error", "--lifespan", "on"], env=env)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(server: subprocess.Popen, *, timeout: float) -> str:
+    url = f"http://127.0.0.1:{server.args[server.args.index('--port') + 1]}/api"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"The temporary Prefect server exited with code {server.returncode} while starting.")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return url
+        except OSError:
+            pass
+        time.sleep(0.05)
+    _stop(server)
+    raise RuntimeError(f"The temporary Prefect server did not answer within {timeout:.0f} s.")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def _stop_orphan(pidfile: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -77,7 +78,7 @@ def cmd_run(args) -> int:
         result = flow(str(ws.root), ws.params.sisa.shards, from_scratch=args.from_scratch, trigger=args.trigger,
                       baseline=ws.params.report.baseline and not args.no_baseline)
     result["model_name"] = ws.mlflow.model_name
-    result["seconds"] = time.perf_counter() - began
+    _timed(result, began)
     _emit(result, args.json, render_run_summary(result))
     return 0
 
@@ -87,8 +88,7 @@ def _process(ws, args, trigger: str) -> dict:
     from flows.server import prefect_api
 
     with ws.exclusive("process"), prefect_api() as ready:  # the server boots while the stack imports
-        from oblivio import tracking
-        from oblivio.ledger import Ledger
+        from oblivio import erasure, tracking
         from flows.deletion import deletion_pipeline
 
         tracking.ensure_experiment(ws.mlflow)
@@ -98,12 +98,16 @@ def _process(ws, args, trigger: str) -> dict:
         try:
             return flow(str(ws.root), ws.params.sisa.shards, trigger=trigger)
         except Exception as err:
-            ledger = Ledger(ws.ledger_path)
-            pending = [r.id for r in ledger.actionable() if r.status != "applied"]
-            if pending:
-                ledger.mark_failed(pending, error=f"{type(err).__name__}: {str(err)[:500]}")
-            ledger.close()
+            erasure.record_failure(ws, err)
             raise
+
+
+def _timed(result: dict, began: float) -> dict:
+    """`seconds` is the whole command, as a user waits for it; `flow_seconds` the flow alone."""
+    if "seconds" in result:
+        result["flow_seconds"] = result["seconds"]
+    result["seconds"] = time.perf_counter() - began
+    return result
 
 
 def _process_summary(result: dict) -> str:
@@ -113,7 +117,8 @@ def _process_summary(result: dict) -> str:
     return "\n".join([
         f"{len(result['request_ids'])} request(s) {result['status']}: {result['records_removed']} record(s) removed",
         f"retrained shard(s) {result['shards_retrained'] or 'none'} ({result['slices_retrained']} slice stage(s))",
-        f"model v{result['model_version']}: {result['decision']}; accuracy {result['metrics']['accuracy']:.4f}",
+        f"model v{result['model_version']}: {result['decision']}"
+        + (f"; accuracy {result['metrics']['accuracy']:.4f}" if "metrics" in result else ""),
         f"purged {result['purge']['checkpoints_removed']} checkpoint(s), model version(s) "
         f"{result['purge']['model_versions_deleted'] or 'none'}; certificates in certificates/",
         f"done in {result['seconds']:.1f} s",
@@ -121,6 +126,7 @@ def _process_summary(result: dict) -> str:
 
 
 def cmd_forget(args) -> int:
+    began = time.perf_counter()
     ws = _workspace(args)
     from oblivio import erasure
     from oblivio.errors import RequestError
@@ -150,12 +156,37 @@ def cmd_forget(args) -> int:
         _emit({"request_ids": [request.id], "status": request.status, "created": created, "announced": announced},
               args.json, f"{request.id} {note}; {follow}")
         return 0
-    result = _process(ws, args, trigger="forget")
-    refused = [r["reason"] for r in result["rejected"] if r["request_id"] == request.id]
-    if refused:
-        raise RequestError(f"Request {request.id} rejected, nothing changed: {refused[0]}")
+    result = (created and not args.executor and _wait_for_serve(ws, request.id)) or _process(ws, args, trigger="forget")
+    _timed(result, began)
+    if result["status"] == "failed":
+        raise OblivioError(f"Request {request.id} failed and will be retried: {result['error']}")
+    refused = [r["reason"] for r in result.get("rejected", []) if r["request_id"] == request.id]
+    if result["status"] == "rejected" or refused:
+        raise RequestError(f"Request {request.id} rejected, nothing changed: {refused[0] if refused else result['error']}")
     _emit(result, args.json, f"{request.id} {note}\n" + _process_summary(result))
     return 0
+
+
+def _wait_for_serve(ws, request_id: str) -> dict | None:
+    """With `oblivio serve` running, its warm process does the work: announce and wait.
+
+    None when nothing serves this workspace, or when `serve` stops before the request is
+    settled: the caller then processes it here (the ledger makes that safe).
+    """
+    from oblivio import erasure
+
+    if not _announce(ws, request_id):
+        return None
+    print(f"{request_id}: handed to the running `oblivio serve`; waiting for it", file=sys.stderr, flush=True)
+    from flows.serve import serving_api
+
+    checks = 0
+    while (result := erasure.settled(ws, request_id)) is None:
+        checks += 1
+        if checks % 20 == 0 and serving_api(ws.serve_state_path) is None:
+            return None
+        time.sleep(0.1)
+    return {**result, "processed_by": "serve"}
 
 
 def _announce(ws, request_id: str) -> bool:
@@ -165,10 +196,9 @@ def _announce(ws, request_id: str) -> bool:
     api_url = serving_api(ws.serve_state_path)
     if api_url is None:
         return False
-    os.environ["PREFECT_API_URL"] = api_url
-    from flows.deployments import announce_request
+    from flows.events import announce_request
 
-    announce_request(str(ws.root), request_id)
+    announce_request(api_url, str(ws.root), request_id)
     return True
 
 
@@ -200,8 +230,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_process(args) -> int:
+    began = time.perf_counter()
     ws = _workspace(args)
-    result = _process(ws, args, trigger="process")
+    result = _timed(_process(ws, args, trigger="process"), began)
     _emit(result, args.json, _process_summary(result))
     return 0
 
@@ -435,5 +466,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `oblivio` console script.
+
+    Ends with `os._exit` once everything is flushed: a normal interpreter exit after
+    torch, Prefect and MLflow were imported spends one to two seconds finalising modules
+    and threads, on every command.
+    """
+    code = main()
+    if "prefect.events.worker" in sys.modules:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        EventsWorker.drain_all(timeout=10)
+        APILogWorker.drain_all(timeout=10)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -389,6 +389,45 @@ def finish(root: Path, *, batch: dict, registered: dict, promoted: dict, shards:
         ledger.close()
 
 
+def record_failure(ws: Workspace, err: BaseException) -> None:
+    """A batch that failed: its unapplied requests become `failed` (retried by the next run)."""
+    ledger = Ledger(ws.ledger_path)
+    try:
+        pending = [r.id for r in ledger.actionable() if r.status != "applied"]
+        if pending:
+            ledger.mark_failed(pending, error=f"{type(err).__name__}: {str(err)[:500]}")
+    finally:
+        ledger.close()
+
+
+def settled(ws: Workspace, request_id: str) -> dict | None:
+    """What `forget --wait` reports once another process has finished a request; None before.
+
+    Done means rejected or failed, promoted, or applied with a certificate that says the
+    gates held promotion back. The figures come from the ledger and the certificate.
+    """
+    ledger = Ledger(ws.ledger_path)
+    try:
+        req = ledger.get(request_id)
+        cert = ledger.certificate(request_id)
+    finally:
+        ledger.close()
+    if req.status in ("rejected", "failed"):
+        return {"request_ids": [request_id], "status": req.status, "error": req.error}
+    final = cert is not None and "certified_at" in cert  # apply keeps a partial one (the resolution) before
+    if req.status not in ("promoted", "applied") or not final or (req.status == "applied" and cert["promoted"]):
+        return None
+    return {
+        "request_ids": [request_id], "status": req.status, "route": cert["route"],
+        "records_removed": cert["records_removed"],
+        "shards_retrained": sorted(int(k) for k in cert["slices_retrained"]),
+        "slices_retrained": sum(len(v) for v in cert["slices_retrained"].values()),
+        "model_version": cert["model_version"], "promoted": cert["promoted"], "decision": cert["promotion"],
+        "certificate": {request_id: str(ws.certificates_dir / f"{request_id}.json")},
+        "dataset_version": cert["data_version_after"], "purge": cert["purge"],
+    }
+
+
 def reject_batch_problems(batch: dict) -> None:
     """Single-request commands report their rejection as an error."""
     if batch["rejected"] and not batch["requests"]:
