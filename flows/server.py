@@ -23,22 +23,31 @@ from pathlib import Path
 
 @contextmanager
 def prefect_api() -> Iterator[Callable[[], str]]:
-    """Yields `ready()`: call it before the first flow; it returns the API URL once it answers."""
+    """Yields `ready()`: call it before the first flow; it returns the API URL once it answers.
+
+    The address is chosen first and exported before Prefect is imported: Prefect reads its
+    settings once, at import, for every thread that does not inherit a settings context
+    (its log and event workers); a thread that found no address would start a server of
+    its own.
+    """
     configured = os.environ.get("PREFECT_API_URL")
     if configured:
         yield lambda: configured
         return
     pidfile = Path(os.environ.get("PREFECT_HOME", ".")) / "temporary-server.pid"
     _stop_orphan(pidfile)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    os.environ["PREFECT_API_URL"] = url  # also inherited by worker processes
     started: dict = {}
 
     def boot() -> None:
         try:
-            server = _start_server()
+            server = _start_server(port)
             started["server"] = server
             pidfile.parent.mkdir(parents=True, exist_ok=True)
             pidfile.write_text(str(server.pid))
-            started["url"] = _wait_healthy(server, timeout=float(
+            _wait_healthy(server, url, timeout=float(
                 os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
         except BaseException as err:  # re-raised in the caller's thread by ready()
             started["error"] = err
@@ -46,16 +55,15 @@ def prefect_api() -> Iterator[Callable[[], str]]:
     thread = threading.Thread(target=boot, name="prefect-server-boot", daemon=True)
     thread.start()
     with ExitStack() as stack:
+        imported_before = "prefect.settings" in sys.modules
 
         def ready() -> str:
             thread.join()
             if "error" in started:
                 raise started["error"]
-            url = started["url"]
-            if os.environ.get("PREFECT_API_URL") != url:
+            if imported_before:  # settings were read without the address: give it to this context
                 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-                os.environ["PREFECT_API_URL"] = url  # inherited by worker processes
                 stack.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
             return url
 
@@ -63,22 +71,21 @@ def prefect_api() -> Iterator[Callable[[], str]]:
             yield ready
         finally:
             thread.join()
-            if "server" in started:
-                if "prefect.logging.handlers" in sys.modules:
-                    from prefect.logging.handlers import APILogWorker
+            if "prefect.logging.handlers" in sys.modules and "error" not in started:
+                from prefect.logging.handlers import APILogWorker
 
-                    APILogWorker.drain_all(timeout=5)  # the last log lines reach the server before it stops
-                os.environ.pop("PREFECT_API_URL", None)
+                APILogWorker.drain_all(timeout=5)  # the last log lines reach the server before it stops
+            os.environ.pop("PREFECT_API_URL", None)
+            if "server" in started:
                 _stop(started["server"])
             pidfile.unlink(missing_ok=True)
 
 
-def _start_server() -> subprocess.Popen:
+def _start_server(port: int) -> subprocess.Popen:
     """What Prefect's own temporary server runs (uvicorn over `create_app`, UI off), started
     without importing Prefect's server package here: that import alone is seconds of CPU
     taken from the command's own imports."""
     app_dir = Path(importlib.util.find_spec("prefect").origin).parent.parent
-    port = _free_port()
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     return subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
@@ -92,8 +99,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_healthy(server: subprocess.Popen, *, timeout: float) -> str:
-    url = f"http://127.0.0.1:{server.args[server.args.index('--port') + 1]}/api"
+def _wait_healthy(server: subprocess.Popen, url: str, *, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -101,7 +107,7 @@ def _wait_healthy(server: subprocess.Popen, *, timeout: float) -> str:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
-                    return url
+                    return
         except OSError:
             pass
         time.sleep(0.05)

@@ -53,11 +53,24 @@ class WarmDeletions:
     def _loop(self) -> None:
         from prefect.client.orchestration import get_client
 
+        from prefect.client.schemas.filters import (
+            FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterNextScheduledStartTime, FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        def due() -> FlowRunFilter:  # a read: the runner's own poll also stamps the deployment (a write)
+            return FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[self.deployment_id]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=datetime.now(timezone.utc)))
+
         with get_client(sync_client=True) as client:
             while not self.stopping.is_set():
                 try:
-                    for flow_run in client.get_scheduled_flow_runs_for_deployments(
-                            deployment_ids=[self.deployment_id], scheduled_before=datetime.now(timezone.utc)):
+                    for flow_run in client.read_flow_runs(flow_run_filter=due(),
+                                                          sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC):
                         if self._claim(client, flow_run):
                             self._execute(flow_run)
                 except Exception as err:  # the server restarting must not end the loop

@@ -473,13 +473,16 @@ def entry() -> None:
     torch, Prefect and MLflow were imported spends one to two seconds finalising modules
     and threads, on every command.
     """
-    code = main()
-    if "prefect.events.worker" in sys.modules:
+    try:
+        code = main()
+    except SystemExit as stop:  # Prefect's runner exits this way when `serve` is stopped
+        code = stop.code if isinstance(stop.code, int) else 0
+    if "prefect.events.worker" in sys.modules:  # bounded: the server may already be gone
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
 
-        EventsWorker.drain_all(timeout=10)
-        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=5)
+        APILogWorker.drain_all(timeout=5)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

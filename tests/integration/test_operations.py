@@ -57,6 +57,13 @@ def test_serve_runs_deletions_on_events_and_leaves_deployments_active(trained):
                 break
             assert status in ("pending", "applied") and time.monotonic() < deadline + 240, status
             time.sleep(3)
+        # `forget --wait` hands the request to the warm serving process and reports its outcome
+        other = str(pq.read_table(ws / "data" / "shards" / "shard=0" / "part.parquet").to_pandas()["person"].iloc[0])
+        waited = json.loads(cli(ws, "forget", "--subject", other, "--wait", "--json", embedded=True).stdout)
+        assert waited["processed_by"] == "serve" and waited["status"] == "promoted" and waited["promoted"] is True
+        assert waited["shards_retrained"] == [0] and waited["records_removed"] >= 1
+        (certificate,) = waited["certificate"].values()
+        assert json.loads(open(certificate).read())["model_version"] == waited["model_version"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
