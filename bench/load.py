@@ -12,6 +12,7 @@ import json
 import resource
 import subprocess
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -53,13 +54,22 @@ def submissions(settings: Settings) -> tuple[list[tuple[str, str, str]], dict]:
                                        env=_environment(), check=True).stdout)["requests"]
     recorded = {r["id"] for r in listed}
     ok = len(set(ids)) == len(ids) == n and set(ids) <= recorded and len(listed) == n + 1
+    log(f"processing the {n} submitted requests in one batch")
+    processed, process_wall = cli_json(ws, "process")
+    statuses = Counter(r["status"] for r in json.loads(subprocess.run(
+        [OBLIVIO, "requests", "--json"], cwd=ws, capture_output=True, text=True, env=_environment(),
+        check=True).stdout)["requests"])
     rows = [
         ("submissions recorded", f"{len(set(ids))} of {n}, each once: {'yes' if ok else 'NO'}",
          f"{WRITERS} concurrent processes, real CLI, while a deletion batch ran"),
         ("submission throughput", f"{n / elapsed:.1f} /s", f"{secs(elapsed)} for {n}; each is a fresh process"),
         ("batch running meanwhile", f"{batch_out.get('status')}", json.loads(pending.stdout)["request_ids"][0]),
+        ("then all processed in one batch", f"{len(processed['request_ids'])} requests, {processed['status']}",
+         f"{secs(process_wall)}; {processed['records_removed']} records, shards {processed['shards_retrained']}; "
+         f"ledger now {dict(statuses)}"),
     ]
-    return rows, {"n": n, "seconds": elapsed, "per_second": n / elapsed, "all_recorded_once": ok}
+    return rows, {"n": n, "seconds": elapsed, "per_second": n / elapsed, "all_recorded_once": ok,
+                  "process_seconds": process_wall, "statuses": dict(statuses)}
 
 
 def _generated_table(settings: Settings, rows: int) -> Path:

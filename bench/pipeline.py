@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from bench.common import (
-    OBLIVIO, Section, Settings, cli_json, figures, flow_phases, log, make_workspace, median, phase_table, read_params,
-    secs, times, verdict, wall_times,
+    OBLIVIO, Section, Settings, Table, cli_json, figures, flow_phases, log, make_workspace, median, phase_table,
+    read_params, secs, times, verdict, wall_times,
 )
 
 ACCURACY_BAR_POINTS = 2.0  # the issue's bar: the ensemble within 2 points of one non-sharded model
@@ -34,6 +34,37 @@ def bare_training(ws: Path) -> dict:
     began = time.perf_counter()
     pipeline.train_baseline(ws, resume=False)
     return {"shards": shards, "baseline": time.perf_counter() - began}
+
+
+EXECUTORS = ("sequential", "thread", "process", "dask")
+
+
+def executors(ws: Path) -> tuple[Table, dict]:
+    """The same 8 shards retrained from scratch on each task runner (2 workers where parallel).
+
+    Scheduling overhead per task = (train-step wall x workers - summed task compute) / tasks:
+    the time a worker slot spent on anything but training (dispatch, (de)serialising,
+    result round trips). Runner start-up (process pool, Dask cluster) is shown apart.
+    """
+    table = Table(["task runner", "runner start (s)", "train step wall (s)", "summed shard compute (s)",
+                   "vs sequential", "overhead per task (s)", "same weights"])
+    raw, reference, sequential_wall = {}, None, None
+    for kind in EXECUTORS:
+        log(f"shard training on the {kind} runner")
+        result, wall = cli_json(ws, "run", "--from-scratch", "--no-baseline", "--executor", kind, "--workers", "2")
+        phases = dict(flow_phases(ws, wall))
+        train, start = phases.get("train", 0.0), phases.get("idle before train", 0.0)
+        compute = sum(s["seconds"] for s in result["shards"])
+        workers = 1 if kind == "sequential" else 2
+        overhead = (train * workers - compute) / len(result["shards"])
+        weights = [s["weights_sha256"] for s in result["shards"]]
+        reference = reference or weights
+        sequential_wall = sequential_wall or train
+        table.rows.append([kind, f"{start:.1f}", f"{train:.1f}", f"{compute:.1f}", times(sequential_wall / train),
+                           f"{overhead:.2f}", "yes" if weights == reference else "NO"])
+        raw[kind] = {"runner_start": start, "train_wall": train, "compute": compute, "overhead_per_task": overhead,
+                     "same_weights": weights == reference, "wall": wall}
+    return table, raw
 
 
 def run(settings: Settings) -> Section:
@@ -72,5 +103,6 @@ def run(settings: Settings) -> Section:
            "baseline_accuracy": m["baseline_accuracy"], "shard_seconds": shard_seconds,
            "in_process_shard_seconds": bare["shards"], "in_process_baseline_seconds": bare["baseline"],
            "help_seconds": help_wall, "phases": phases}
-    return Section("pipeline: accuracy and overhead of one run",
-                   [figures(rows), phase_table({"`oblivio run`": phases})], raw)
+    runners, raw["executors"] = executors(ws)
+    return Section("pipeline: accuracy and overhead of one run, and the task runners side by side",
+                   [figures(rows), phase_table({"`oblivio run`": phases}), runners], raw)
