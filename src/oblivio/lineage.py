@@ -9,6 +9,7 @@ erasure makes three of them.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +25,8 @@ def _with_repo(root: Path, what: str, call: Callable[[Any], Any]) -> Any:
     from dvc.repo import Repo
 
     logging.getLogger("dvc").setLevel(logging.ERROR)  # `--quiet`: DVC's progress is not the user's business
-    try:
-        with Repo(str(root)) as repo:
+    try:  # DVC resolves stage and output paths from the working directory, as `dvc --cd` does
+        with contextlib.chdir(root), Repo(str(root)) as repo:
             return call(repo)
     except DvcException as err:
         raise WorkspaceError(f"`dvc {what}` failed in {root}: {err}") from err
