@@ -1,15 +1,12 @@
-"""Load: concurrent `oblivio forget` submissions while a deletion batch runs, and a large table.
+"""Load: concurrent `oblivio forget` submissions while a deletion batch runs.
 
-- 8 processes submit 1,000 requests between them (`--quick`: 80) with the real CLI, while
-  an `oblivio process` batch runs; every request must be recorded exactly once.
-- A generated table of 1,000,000 rows (`--quick`: 100,000) with the default data's schema:
-  `oblivio run` peak RSS beside the default data's, and the partitions a one-subject
-  erasure rewrites.
+8 processes submit 1,000 requests between them (`--quick`: 80) with the real CLI, while an
+`oblivio process` batch runs; every request must be recorded exactly once, and all of them
+are then processed in one batch. (Memory on a 1M-row table is `bench/scale.py`.)
 """
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import time
 from collections import Counter
@@ -17,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import (
-    OBLIVIO, Section, Settings, _environment, cli_json, figures, file_sizes, log, make_workspace, secs,
+    OBLIVIO, Section, Settings, _environment, cli_json, figures, log, make_workspace, secs,
     training_subjects,
 )
 
@@ -72,61 +69,6 @@ def submissions(settings: Settings) -> tuple[list[tuple[str, str, str]], dict]:
                   "process_seconds": process_wall, "statuses": dict(statuses)}
 
 
-def _generated_table(settings: Settings, rows: int) -> Path:
-    """Copies of nlswork with fresh record and subject ids, written outside any workspace."""
-    import pandas as pd
-
-    from oblivio.data.sources import load_nlswork
-
-    base = load_nlswork()
-    copies = -(-rows // len(base))
-    frames = []
-    for k in range(copies):
-        part = base.copy()
-        part["idcode"] = part["idcode"] + k * 100000
-        part["record_id"] = part["record_id"] + f"-c{k}"
-        frames.append(part)
-    table = pd.concat(frames, ignore_index=True).iloc[:rows]
-    path = settings.scratch / f"generated-{rows}.parquet"
-    table.to_parquet(path, index=False)
-    return path
-
-
-def _peak_rss_run(ws: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB of the command and its children) of `oblivio run`."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    began = time.perf_counter()
-    subprocess.run([OBLIVIO, "run", "--json", "--no-baseline"], cwd=ws, capture_output=True, text=True,
-                   env=_environment(), check=True)
-    wall = time.perf_counter() - began
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(peak, before) / 1024
-
-
-def large_table(settings: Settings) -> tuple[list[tuple[str, str, str]], dict]:
-    rows = 100_000 if settings.quick else 1_000_000
-    small = make_workspace(settings, "rss-default", {"report": {"baseline": False}})
-    small_wall, small_rss = _peak_rss_run(small)
-    big = make_workspace(settings, "rss-large", {"data": {"source": str(_generated_table(settings, rows)),
-                                                          "limit_subjects": 0}, "report": {"baseline": False}})
-    log(f"oblivio run on {rows} rows")
-    big_wall, big_rss = _peak_rss_run(big)
-    before = file_sizes(big / "data" / "shards")
-    subject = training_subjects(big)[0][0]
-    cli_json(big, "forget", "--subject", subject, "--wait")
-    after = file_sizes(big / "data" / "shards")
-    changed = sorted({name.split("/")[0] for name in before if after.get(name) != before[name]})
-    table = [
-        ("peak RSS, default data", f"{small_rss:.0f} MiB", f"oblivio run, {secs(small_wall)}"),
-        (f"peak RSS, {rows:,} rows", f"{big_rss:.0f} MiB", f"oblivio run, {secs(big_wall)}; "
-         "ingest and the MIA audit hold the whole table: memory grows with the data, not the shard"),
-        ("partitions rewritten by a one-subject erasure", ", ".join(changed) or "none", f"of {len(before)} files"),
-    ]
-    return table, {"rows": rows, "rss_default_mib": small_rss, "rss_large_mib": big_rss,
-                   "partitions_rewritten": changed}
-
-
 def run(settings: Settings) -> Section:
-    sub_rows, sub_raw = submissions(settings)
-    big_rows, big_raw = large_table(settings)
-    return Section("Load", [figures(sub_rows + big_rows)], {"submissions": sub_raw, "large_table": big_raw})
+    rows, raw = submissions(settings)
+    return Section("Load: concurrent submissions during a batch", [figures(rows)], {"submissions": raw})

@@ -27,7 +27,8 @@ def cli(ws: Path | None, *args: str, check: bool = True, env: dict | None = None
     server, as it does by default for a user.
     """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("PREFECT_API_URL", None)
+    for leaked in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # set by in-process helpers
+        full_env.pop(leaked, None)
     if not embedded and os.environ.get(SHARED_API):
         full_env["PREFECT_API_URL"] = os.environ[SHARED_API]
     proc = subprocess.run([OBLIVIO, *args], cwd=ws, capture_output=True, text=True, env=full_env, timeout=600,

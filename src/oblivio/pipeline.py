@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 
 from oblivio.audit.membership import headline, membership_audit
 from oblivio.data.sharding import (
-    RECORD_KEY, SHARD, SLICE, SUBJECT_KEY, place, read_holdout, read_shard, record_key, subject_key, write_dataset,
+    RECORD_KEY, SLICE, SUBJECT_KEY, DatasetWriter, Spill, place, read_holdout, read_shard, record_key, subject_key,
 )
-from oblivio.data.sources import load_source
-from oblivio.data.validate import check_columns, numpy_numeric, validate
+from oblivio.data.sources import BATCH_ROWS, TableSource, open_source
+from oblivio.data.validate import TableValidation, check_columns, numpy_numeric
 from oblivio.ensemble import MANIFEST, Ensemble, aggregate, shard_file
 from oblivio.errors import DataError, IntegrityError
 from oblivio.keys import keyed_int
@@ -44,12 +44,16 @@ def shard_name(k: int) -> str:
 
 # --- ingest -------------------------------------------------------------------------
 
+def sample_subjects(subjects: Iterable[str], n: int, secret: bytes) -> frozenset[str]:
+    """The `n` distinct subjects with the smallest keyed hashes (ties: first seen first)."""
+    distinct = list(dict.fromkeys(subjects))
+    return frozenset(sorted(distinct, key=lambda s: keyed_int(secret, "sample", s))[:n])
+
+
 def limit_subjects(df: pd.DataFrame, subject_col: str, n: int, secret: bytes) -> pd.DataFrame:
     """A deterministic sample of `n` subjects (smallest keyed hashes): quick tours and tests."""
-    subjects = pd.Series(df[subject_col].astype(str).unique())
-    ranked = subjects.iloc[np.argsort([keyed_int(secret, "sample", s) for s in subjects], kind="stable")]
-    keep = set(ranked.iloc[:n])
-    return df[df[subject_col].astype(str).isin(keep)].reset_index(drop=True)
+    subjects = df[subject_col].astype(str)
+    return df[subjects.isin(sample_subjects(subjects.unique(), n, secret))].reset_index(drop=True)
 
 
 def drop_tombstoned(df: pd.DataFrame, ws: Workspace, *, subjects: frozenset[str], records: frozenset[str]
@@ -77,41 +81,89 @@ def tombstones(ws: Workspace) -> tuple[frozenset[str], frozenset[str]]:
         ledger.close()
 
 
-def ingest(root: Path) -> dict:
+def ingest(root: Path, *, batch_rows: int = BATCH_ROWS) -> dict:
     """Load, drop erased people, validate, place in shards/slices, write partitions.
 
-    Nothing is written unless validation passes.
+    The source streams through in batches of `batch_rows`: each is checked, filtered,
+    validated and placed, and its rows parked by shard (`Spill`); then each partition is
+    written from its own rows. Memory follows the batch and the largest shard (or the
+    holdout), not the table. Nothing is written unless the whole table validates.
     """
     ws = Workspace(root)
     params = ws.params
     cols = params.data.columns
-    df = load_source(params.data.source, ws.root)
-    check_columns(df, params.data)
-    df = numpy_numeric(df, cols.features)
-    if params.data.limit_subjects:
-        df = limit_subjects(df, cols.subject_id, params.data.limit_subjects, ws.secret)
-    erased_subjects, erased_records = tombstones(ws)
-    df, dropped = drop_tombstoned(df, ws, subjects=erased_subjects, records=erased_records)
-    validation = validate(df, params.data)
+    source = open_source(params.data.source, ws.root, batch_rows=batch_rows)
+    check_columns(source.columns, params.data)
     keep = [cols.record_id, cols.subject_id, cols.label, *cols.features]
-    train, holdout = place(df[keep], cols, ws.secret, shards=params.sisa.shards, slices=params.sisa.slices,
-                           holdout_fraction=params.data.holdout_fraction)
-    if train.empty or holdout.empty:
-        raise DataError(f"After the holdout split, {'training' if train.empty else 'held-out'} data is empty "
-                        f"({len(df)} rows). Add data or change data.holdout_fraction.")
-    write_dataset(train, holdout, shards_dir=ws.shards_dir, holdout_path=ws.holdout_path, shards=params.sisa.shards)
-    calibration = calibrate_dp(ws, train)
+    validation = TableValidation(params.data)
+    dropped = 0
+    with Spill(ws.state_dir) as spill:
+        for batch, n in _batches(ws, source):
+            dropped += n
+            validation.add(batch)
+            if len(batch):
+                spill.add(*place(batch[keep], cols, ws.secret, shards=params.sisa.shards, slices=params.sisa.slices,
+                                 holdout_fraction=params.data.holdout_fraction))
+        summary = validation.finish()
+        if not spill.train_rows or not spill.holdout_rows:
+            raise DataError(f"After the holdout split, {'training' if not spill.train_rows else 'held-out'} data is "
+                            f"empty ({spill.train_rows + spill.holdout_rows} rows). "
+                            "Add data or change data.holdout_fraction.")
+        with DatasetWriter(shards_dir=ws.shards_dir, holdout_path=ws.holdout_path) as out:
+            shards = [_write_shard(out, k, spill.shard(k), params.sisa.slices) for k in range(params.sisa.shards)]
+            holdout_subjects = _write_holdout(out, spill.holdout())
+            out.commit()
+    calibration = calibrate_dp(ws, [s["stages"] for s in shards if s["rows"]])
     return {
         "dp_noise_multiplier": calibration["noise_multiplier"] if calibration else None,
-        "n_records": int(len(train)),
-        "n_subjects": int(train[SUBJECT_KEY].nunique()),
-        "n_holdout_records": int(len(holdout)),
-        "n_holdout_subjects": int(holdout[SUBJECT_KEY].nunique()),
+        "n_records": spill.train_rows,
+        "n_subjects": sum(s["subjects"] for s in shards),
+        "n_holdout_records": spill.holdout_rows,
+        "n_holdout_subjects": holdout_subjects,
         "n_dropped_tombstoned": dropped,
-        "max_records_per_subject": int(train.groupby(SUBJECT_KEY).size().max()),
-        "shard_sizes": [int((train[SHARD] == k).sum()) for k in range(params.sisa.shards)],
-        "validation": validation,
+        "max_records_per_subject": max(s["max_per_subject"] for s in shards),
+        "shard_sizes": [s["rows"] for s in shards],
+        "validation": summary,
     }
+
+
+def _batches(ws: Workspace, source: TableSource) -> Iterator[tuple[pd.DataFrame, int]]:
+    """(batch, rows of erased people it lost): the declared columns, sampled (`limit_subjects`), erased rows out."""
+    data = ws.params.data
+    cols = data.columns
+    chosen = (sample_subjects(_subject_ids(source, cols.subject_id), data.limit_subjects, ws.secret)
+              if data.limit_subjects else None)
+    erased_subjects, erased_records = tombstones(ws)
+    for batch in source.batches(list(dict.fromkeys([cols.record_id, cols.subject_id, cols.label, *cols.features]))):
+        batch = numpy_numeric(batch, cols.features)
+        if chosen is not None:
+            batch = batch[batch[cols.subject_id].astype(str).isin(chosen)].reset_index(drop=True)
+        yield drop_tombstoned(batch, ws, subjects=erased_subjects, records=erased_records)
+
+
+def _subject_ids(source: TableSource, column: str) -> Iterator[str]:
+    """Every subject id as text, in source order: one pass over that column alone."""
+    for batch in source.batches([column]):
+        yield from batch[column].astype(str).unique()
+
+
+def _write_shard(out: DatasetWriter, k: int, rows: pd.DataFrame, n_slices: int) -> dict:
+    """Write shard k; what the summary and the DP calibration need of it.
+
+    A person's rows all sit in one shard, so people can be counted shard by shard.
+    """
+    from oblivio.training.dp import stage_sizes
+
+    out.write_shard(k, rows)
+    per_subject = rows.groupby(SUBJECT_KEY).size()
+    return {"rows": len(rows), "subjects": len(per_subject), "stages": stage_sizes(rows[SLICE].to_numpy(), n_slices),
+            "max_per_subject": int(per_subject.max()) if len(per_subject) else 0}
+
+
+def _write_holdout(out: DatasetWriter, rows: pd.DataFrame) -> int:
+    """Write the held-out rows; how many people they hold."""
+    out.write_holdout(rows)
+    return int(rows[SUBJECT_KEY].nunique())
 
 
 # --- training -----------------------------------------------------------------------
@@ -132,9 +184,10 @@ def _dp_calibration_key(ws: Workspace) -> str:
     return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
 
 
-def calibrate_dp(ws: Workspace, train: pd.DataFrame) -> dict | None:
+def calibrate_dp(ws: Workspace, shard_stages: list[list[int]]) -> dict | None:
     """Pin one noise multiplier for every shard, the first time DP is on with these settings.
 
+    `shard_stages`: records seen by each stage (`stage_sizes`), one list per non-empty shard.
     The largest multiplier any shard needs to stay within `target_epsilon` over all its
     stages. It is pinned, not recomputed per run: a multiplier that followed the shard
     sizes would change after every erasure, change the recipe, and retrain every shard.
@@ -148,12 +201,11 @@ def calibrate_dp(ws: Workspace, train: pd.DataFrame) -> dict | None:
         pinned = json.loads(ws.dp_calibration_path.read_text())
         if pinned["key"] == key:
             return pinned
-    from oblivio.training.dp import calibrate_shard_noise, stage_sizes
+    from oblivio.training.dp import calibrate_shard_noise
 
-    sigmas = [calibrate_shard_noise(stage_sizes(part[SLICE].to_numpy(), p.sisa.slices), batch_size=p.train.batch_size,
-                                    epochs_per_slice=p.train.epochs_per_slice, target_epsilon=p.dp.target_epsilon,
-                                    delta=p.dp.delta, accountant=p.dp.accountant)
-              for _, part in train.groupby(SHARD)]
+    sigmas = [calibrate_shard_noise(stages, batch_size=p.train.batch_size, epochs_per_slice=p.train.epochs_per_slice,
+                                    target_epsilon=p.dp.target_epsilon, delta=p.dp.delta, accountant=p.dp.accountant)
+              for stages in shard_stages]
     pinned = {"key": key, "noise_multiplier": max(sigmas), "target_epsilon": p.dp.target_epsilon,
               "delta": p.dp.delta, "accountant": p.dp.accountant}
     ws.dp_calibration_path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from oblivio.data.sharding import (
     SHARD,
     SLICE,
     SUBJECT_KEY,
+    Spill,
     place,
     read_holdout,
     read_shard,
@@ -341,3 +342,31 @@ def test_write_dataset_failure_leaves_the_old_dataset_whole(tmp_path: Path, fram
         write(tmp_path, train2, holdout2)
     monkeypatch.undo()
     assert {k: v[0] for k, v in snapshot(data).items()} == {k: v[0] for k, v in before.items()}
+
+
+# --- streamed in batches ----------------------------------------------------------------
+
+def test_a_spill_of_batches_gives_back_each_shard_and_the_holdout(tmp_path: Path, frame, placed) -> None:
+    train, holdout = placed
+    with Spill(tmp_path) as spill:
+        for i in range(0, len(frame), 97):
+            spill.add(*place(frame.iloc[i:i + 97], COLUMNS, SECRET, shards=S, slices=R, holdout_fraction=HOLDOUT))
+        assert (spill.train_rows, spill.holdout_rows) == (len(train), len(holdout))
+        for k in range(S):
+            got = spill.shard(k).sort_values(RECORD_KEY).reset_index(drop=True)
+            pd.testing.assert_frame_equal(got, train[train[SHARD] == k].reset_index(drop=True))
+        pd.testing.assert_frame_equal(spill.holdout(), holdout)
+        spilled = spill.dir
+    assert not spilled.exists()  # personal data: gone on exit
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_partition_joined_from_batches_has_the_bytes_of_one_frame(tmp_path: Path) -> None:
+    """Joined columns are several Arrow chunks; the file must not show where batches met."""
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({RECORD_KEY: [f"{v:064x}" for v in rng.integers(0, 2**62, 20_000)],
+                         "f1": rng.normal(size=20_000)})
+    joined = pd.concat([rows.iloc[i:i + 1000] for i in range(0, len(rows), 1000)], ignore_index=True)
+    sharding._write_table(rows, tmp_path / "one.parquet")
+    sharding._write_table(joined, tmp_path / "joined.parquet")
+    assert sha256(tmp_path / "one.parquet") == sha256(tmp_path / "joined.parquet")

@@ -83,7 +83,7 @@ def test_many_missing_columns_are_summarised(frame) -> None:
     data = DataParams(columns=Columns(record_id="rid", subject_id="person", label="y",
                                       features=tuple(f"g{i}" for i in range(13))))
     with pytest.raises(DataError, match="and 3 more"):
-        check_columns(frame, data)
+        check_columns(frame.columns, data)
 
 
 def test_several_failures_are_all_listed_in_one_error(validate, frame) -> None:
@@ -160,3 +160,19 @@ def test_common_numeric_feature_dtypes_pass(validate, frame, dtype: str) -> None
 def test_nullable_numeric_feature_dtypes_listed_as_numeric_pass(validate, frame, dtype: str) -> None:
     df = frame.assign(f2=frame["f2"].astype(dtype))
     validate(df, DATA)
+
+
+def test_batches_are_judged_as_one_table(validate, frame) -> None:
+    from oblivio.data.validate import TableValidation
+
+    df = frame.copy()
+    df.loc[[3, 40], "rid"] = DUP_ID  # one in each batch
+    df.loc[0:9, "f3"] = np.nan  # 40 % of the first batch, 20 % of the table: allowed
+    table = TableValidation(DATA)
+    table.add(df.iloc[:25])
+    table.add(df.iloc[25:])
+    with pytest.raises(ValidationFailed) as exc:
+        table.finish()
+    assert exc.value.report == [{"expectation": "expect_column_values_to_be_unique", "column": "rid",
+                                 "detail": "2 unexpected value(s) (4.00 %)"}]
+    assert "1 of 12 expectations not met" in str(exc.value) and DUP_ID not in str(exc.value)

@@ -2,8 +2,9 @@
 
 Each training record is a member of exactly one shard model; the other S-1 shard models
 are its free "out" references (offline LiRA). The deployed ensemble is attacked with a
-population (loss) attack: members are all training records, non-members the held-out
-people. Figures, curves and caveats go to `reports/`; the summary feeds the gates.
+population (loss) attack: members are the training records (on a large table, a fixed
+sample: see `MIA_MEMBERS`), non-members the held-out people. Figures, curves and caveats
+go to `reports/`; the summary feeds the gates.
 """
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ import pandas as pd
 
 from oblivio.audit.mia import evaluate_attack, logit_margin, probability_margin, shard_lira
 from oblivio.audit.roc_plot import plot_roc
-from oblivio.data.sharding import SHARD, SUBJECT_KEY, read_holdout, read_shard
+from oblivio.data.sharding import RECORD_KEY, SHARD, SUBJECT_KEY, read_batches, read_shard
 from oblivio.ensemble import Ensemble, aggregate
 
 REPORT = "mia.json"
 ROC_PLOT = "mia_roc.svg"
+# At most this many members are attacked, split evenly over the shards, so the audit's
+# memory does not grow with the table. A larger shard contributes a sample: its records
+# with the smallest keyed record hashes, uniform over records and fixed by the secret.
+MIA_MEMBERS = 50_000
 
 
 def _margins(ensemble: Ensemble, raw: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,18 +43,19 @@ def membership_audit(*, models_dir: Path, shards_dir: Path, holdout_path: Path, 
     """
     ensemble = Ensemble.load(models_dir)
     index = {v: i for i, v in enumerate(labels)}
-    train = pd.concat([read_shard(shards_dir, k) for k in range(n_shards)], ignore_index=True)
-    holdout = read_holdout(holdout_path)
 
     def arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         return frame[features].to_numpy(np.float64), frame[label].map(index).to_numpy(np.int64)
 
-    train_shard_m, train_ens_m = _margins(ensemble, *arrays(train))
-    hold_shard_m, hold_ens_m = _margins(ensemble, *arrays(holdout))
-    shards = shard_lira(margins=train_shard_m, member_of=train[SHARD].to_numpy(), holdout_margins=hold_shard_m,
-                        seed=seed)
+    train_shard_m, train_ens_m, member_of, n_train = _member_margins(ensemble, shards_dir, n_shards, arrays)
+    held = [_margins(ensemble, *arrays(batch)) for batch in read_batches(holdout_path, [*features, label])]
+    hold_shard_m, hold_ens_m = (np.concatenate(m) for m in zip(*held))
+    shards = shard_lira(margins=train_shard_m, member_of=member_of, holdout_margins=hold_shard_m, seed=seed)
+    sampled = (f"members are a sample: {len(train_ens_m):,} of {n_train:,} training records (at most "
+               f"{MIA_MEMBERS // n_shards:,} per shard, smallest keyed record hashes)",)
     population = evaluate_attack(attack="population/ensemble", member_scores=train_ens_m,
-                                 nonmember_scores=hold_ens_m, seed=seed)
+                                 nonmember_scores=hold_ens_m, seed=seed,
+                                 notes=sampled if len(train_ens_m) < n_train else ())
     results = [population, *shards]
     summary = {
         "ensemble": population.to_json(),
@@ -69,6 +75,32 @@ def membership_audit(*, models_dir: Path, shards_dir: Path, holdout_path: Path, 
     plot_roc([(r.attack, r.fpr, r.tpr) for r in results], reports_dir / ROC_PLOT)
     (reports_dir / REPORT).write_text(json.dumps(summary, indent=1, sort_keys=True))
     return summary
+
+
+def _member_margins(ensemble: Ensemble, shards_dir: Path, n_shards: int, arrays
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(per-shard margins, ensemble margins, owning shard) of the members, and how many records trained.
+
+    Partitions are read one at a time and only the margins of their members are kept.
+    """
+    shard_m, ens_m, owner, n_train = [], [], [], 0
+    for k in range(n_shards):
+        part = read_shard(shards_dir, k)
+        n_train += len(part)
+        members = _sample(part, MIA_MEMBERS // n_shards)
+        if len(members):
+            m, e = _margins(ensemble, *arrays(members))
+            shard_m.append(m)
+            ens_m.append(e)
+            owner.append(members[SHARD].to_numpy())
+    return np.concatenate(shard_m), np.concatenate(ens_m), np.concatenate(owner), n_train
+
+
+def _sample(part: pd.DataFrame, cap: int) -> pd.DataFrame:
+    """The partition's rows with the `cap` smallest keyed record hashes, in partition order."""
+    if len(part) <= cap:
+        return part
+    return part.iloc[np.sort(np.argsort(part[RECORD_KEY].to_numpy(), kind="stable")[:cap])]
 
 
 def headline(summary: dict) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from oblivio.config import Columns
+from oblivio.data.sources import BATCH_ROWS
 from oblivio.keys import keyed_hash, keyed_int
 
 # Columns Oblivio adds; they never hold a raw id.
@@ -63,47 +65,141 @@ def place(df: pd.DataFrame, columns: Columns, secret: bytes, *, shards: int, sli
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> None:
-    table = pa.Table.from_pandas(df, preserve_index=False)
+    """Write `df` as Parquet; the bytes depend on its rows alone.
+
+    Columns are made contiguous first: a column joined from batches is several Arrow
+    chunks, and Parquet pages would otherwise follow the chunk edges.
+    """
+    table = pa.Table.from_pandas(df, preserve_index=False).combine_chunks()
     pq.write_table(table, path, compression="zstd")
 
 
 def write_dataset(train: pd.DataFrame, holdout: pd.DataFrame, *, shards_dir: Path, holdout_path: Path, shards: int) -> None:
-    """Replace the partitioned dataset and the holdout file together.
-
-    An exception leaves the old dataset whole (the old shards are restored); after a
-    hard crash the next ingest rewrites both from the source. A partition whose rows did
-    not change keeps its file untouched, so DVC stores new bytes only for changed shards.
-    """
-    shards_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=shards_dir.parent))
-    previous = shards_dir.with_name(f".{shards_dir.name}.old")
-    try:
-        new_dir = staging / "shards"
-        new_dir.mkdir()
+    """Replace the partitioned dataset and the holdout file together (see `DatasetWriter`)."""
+    with DatasetWriter(shards_dir=shards_dir, holdout_path=holdout_path) as out:
         for k in range(shards):
-            part = train[train[SHARD] == k].sort_values([SLICE, RECORD_KEY], kind="stable").reset_index(drop=True)
-            dest = new_dir / f"shard={k}" / "part.parquet"
-            dest.parent.mkdir()
-            old = shards_dir / f"shard={k}" / "part.parquet"
-            if old.exists() and _same_rows(old, part):
-                shutil.copy2(old, dest)
-            else:
-                _write_table(part, dest)
-        _write_table(holdout, staging / "holdout.parquet")
-        shutil.rmtree(previous, ignore_errors=True)
-        if shards_dir.exists():
-            os.replace(shards_dir, previous)
+            out.write_shard(k, train[train[SHARD] == k])
+        out.write_holdout(holdout)
+        out.commit()
+
+
+class DatasetWriter:
+    """A new partitioned dataset, staged beside the old one and swapped in by `commit`.
+
+    Shards are written one at a time, so only one shard's rows need be in memory. An
+    exception leaves the old dataset whole (the old shards are restored); after a hard
+    crash the next ingest rewrites both from the source. A partition whose rows did not
+    change keeps its file untouched, so DVC stores new bytes only for changed shards.
+    """
+
+    def __init__(self, *, shards_dir: Path, holdout_path: Path):
+        self.shards_dir, self.holdout_path = shards_dir, holdout_path
+        shards_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=shards_dir.parent))
+        self.previous = shards_dir.with_name(f".{shards_dir.name}.old")
+        (self.staging / "shards").mkdir()
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        shutil.rmtree(self.previous, ignore_errors=True)
+
+    def write_shard(self, k: int, rows: pd.DataFrame) -> None:
+        """Shard k's partition, rows ordered by slice then record key."""
+        part = rows.sort_values([SLICE, RECORD_KEY], kind="stable").reset_index(drop=True)
+        dest = self.staging / "shards" / f"shard={k}" / "part.parquet"
+        dest.parent.mkdir()
+        old = self.shards_dir / f"shard={k}" / "part.parquet"
+        if old.exists() and _same_rows(old, part):
+            shutil.copy2(old, dest)
+        else:
+            _write_table(part, dest)
+
+    def write_holdout(self, rows: pd.DataFrame) -> None:
+        _write_table(rows, self.staging / "holdout.parquet")
+
+    def commit(self) -> None:
+        """Swap the staged shards and holdout in for the old ones."""
+        new_dir = self.staging / "shards"
+        shutil.rmtree(self.previous, ignore_errors=True)
+        if self.shards_dir.exists():
+            os.replace(self.shards_dir, self.previous)
         try:
-            os.replace(new_dir, shards_dir)
-            os.replace(staging / "holdout.parquet", holdout_path)
+            os.replace(new_dir, self.shards_dir)
+            os.replace(self.staging / "holdout.parquet", self.holdout_path)
         except BaseException:
-            if previous.exists():
-                shutil.rmtree(shards_dir, ignore_errors=True)
-                os.replace(previous, shards_dir)
+            if self.previous.exists():
+                shutil.rmtree(self.shards_dir, ignore_errors=True)
+                os.replace(self.previous, self.shards_dir)
             raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(previous, ignore_errors=True)
+
+
+class Spill:
+    """Placed rows parked on disk by shard while a source streams in.
+
+    Ingest reads the source a batch at a time but writes each partition whole; the
+    spill holds the rows in between, so memory holds one batch, then one shard. Pickle
+    keeps every value and dtype exactly as placed, so a partition's bytes do not depend
+    on how the source was batched. The directory (personal data) goes on exit.
+    """
+
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        Spill.sweep(directory)
+        self.dir = Path(tempfile.mkdtemp(prefix="spill-", dir=directory))
+        self._pieces = 0
+        self._empty: dict[str, pd.DataFrame] = {}  # a zero-row frame of each kind, for shards left empty
+        self.train_rows = 0
+        self.holdout_rows = 0
+
+    @staticmethod
+    def sweep(directory: Path) -> int:
+        """Remove spills an ingest killed mid-way left behind (personal data); returns how many.
+
+        Only one data-changing command runs at a time per workspace, so none is in use.
+        """
+        stale = list(directory.glob("spill-*"))
+        for leftover in stale:
+            shutil.rmtree(leftover, ignore_errors=True)
+        return len(stale)
+
+    def __enter__(self) -> Spill:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def add(self, train: pd.DataFrame, holdout: pd.DataFrame) -> None:
+        """One batch's placed rows (see `place`)."""
+        self._empty.setdefault("train", train.iloc[:0])
+        self._empty.setdefault("holdout", holdout.iloc[:0])
+        for k, rows in train.groupby(SHARD, sort=True):
+            self._park(f"shard={k}", rows)
+        if len(holdout):
+            self._park("holdout", holdout)
+        self.train_rows += len(train)
+        self.holdout_rows += len(holdout)
+
+    def shard(self, k: int) -> pd.DataFrame:
+        return self._gather(f"shard={k}", "train")
+
+    def holdout(self) -> pd.DataFrame:
+        """The held-out rows, sorted by record key as `place` sorts them."""
+        rows = self._gather("holdout", "holdout")
+        return rows.sort_values(RECORD_KEY, kind="stable").reset_index(drop=True)
+
+    def _park(self, name: str, rows: pd.DataFrame) -> None:
+        (self.dir / name).mkdir(exist_ok=True)
+        rows.to_pickle(self.dir / name / f"{self._pieces}.pkl")
+        self._pieces += 1
+
+    def _gather(self, name: str, kind: str) -> pd.DataFrame:
+        files = sorted((self.dir / name).glob("*.pkl"), key=lambda f: int(f.stem)) if (self.dir / name).exists() else []
+        if not files:
+            return self._empty[kind]
+        return pd.concat([pd.read_pickle(f) for f in files], ignore_index=True)
 
 
 def _same_rows(path: Path, df: pd.DataFrame) -> bool:
@@ -120,6 +216,13 @@ def read_shard(shards_dir: Path, shard: int) -> pd.DataFrame:
 
 def read_holdout(holdout_path: Path) -> pd.DataFrame:
     return pq.read_table(holdout_path).to_pandas()
+
+
+def read_batches(path: Path, columns: list[str], batch_rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
+    """`columns` of a Parquet file (a partition, the holdout), a batch of rows at a time."""
+    with pq.ParquetFile(path) as file:
+        for batch in file.iter_batches(batch_size=batch_rows, columns=columns):
+            yield pa.Table.from_batches([batch]).to_pandas()
 
 
 def rewrite_partition(path: Path, keep: pd.DataFrame) -> None:

@@ -1,4 +1,4 @@
-"""Load a configured data source into one pandas table.
+"""Read a configured data source, whole (`load_source`) or in batches (`open_source`).
 
 Built-in sources ship inside packages and load with no network; anything else is a
 user's Parquet or CSV file. Built-ins are prepared record by record (no statistic of the
@@ -7,6 +7,7 @@ whole table enters a row), so erasing one person never changes anyone else's row
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -82,15 +83,19 @@ def load_fashion_mnist(directory: Path = FASHION_MNIST_DIR) -> pd.DataFrame:
 BUILTIN = {"builtin:nlswork": load_nlswork, "builtin:fashion-mnist": load_fashion_mnist}
 
 
-def load_source(source: str, root: Path) -> pd.DataFrame:
-    """The configured source as a DataFrame; one clear error when it cannot be read."""
+# Rows per batch when a source is streamed: well under one shard of a large table.
+BATCH_ROWS = 65_536
+
+
+def _resolve(source: str, root: Path) -> Path | None:
+    """The source file's path, or None for a built-in; one clear error when it is neither."""
     if source.startswith("builtin:"):
         if source not in BUILTIN:
             raise DataError(
                 f"data.source {source!r} is not a built-in source. "
                 f"Choose one of {', '.join(BUILTIN)}, or give the path of a .parquet or .csv file."
             )
-        return BUILTIN[source]()
+        return None
     path = (root / source).resolve()
     if path.suffix not in (".parquet", ".csv"):
         raise DataError(
@@ -99,6 +104,19 @@ def load_source(source: str, root: Path) -> pd.DataFrame:
         )
     if not path.exists():
         raise DataError(f"data.source {source!r}: no file at {path}. Fix data.source in params.yaml.")
+    return path
+
+
+def _unreadable(source: str, path: Path, err: Exception) -> DataError:
+    return DataError(f"data.source {source!r} at {path} could not be read ({type(err).__name__}: {err}). "
+                     "Is the file complete and in the format its extension says?")
+
+
+def load_source(source: str, root: Path) -> pd.DataFrame:
+    """The configured source as a DataFrame; one clear error when it cannot be read."""
+    path = _resolve(source, root)
+    if path is None:
+        return BUILTIN[source]()
     try:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -106,5 +124,85 @@ def load_source(source: str, root: Path) -> pd.DataFrame:
             return pq.read_table(path).to_pandas()
         return pd.read_csv(path)
     except Exception as err:  # pyarrow and pandas raise many types for a corrupt file
-        raise DataError(f"data.source {source!r} at {path} could not be read ({type(err).__name__}: {err}). "
-                        "Is the file complete and in the format its extension says?") from None
+        raise _unreadable(source, path, err) from None
+
+
+class TableSource:
+    """A source read in batches, each with the dtypes reading the whole table would give.
+
+    Pandas picks a column's dtype from the values it sees: a batch without nulls reads an
+    integer column as int64 where the whole table reads float64. A first pass notes every
+    batch's dtypes (one batch at a time) and later batches are cast to their common type,
+    so rows, and the partitions written from them, do not depend on the batch size.
+    The common type is the one `pd.concat` gives, as `read_csv` joins its own chunks.
+    """
+
+    def __init__(self, columns: list[str], read: Callable[[list[str]], Iterator[pd.DataFrame]]):
+        self.columns = columns
+        self._read = read
+        self._samples: dict[str, list[pd.Series]] = {}  # one row per dtype a column was read as
+
+    def batches(self, columns: list[str]) -> Iterator[pd.DataFrame]:
+        """`columns` of every row, a batch at a time, in source order."""
+        dtypes = self.dtypes(columns)
+        for batch in self._read(columns):
+            yield batch.astype(dtypes).reset_index(drop=True)
+
+    def dtypes(self, columns: list[str]) -> dict[str, object]:
+        """The whole-table dtype of each of `columns` that holds any row."""
+        unknown = [c for c in columns if c not in self._samples]
+        if unknown:
+            self._samples.update({c: [] for c in unknown})
+            for batch in self._read(unknown):
+                for c in unknown:
+                    if len(batch) and all(s.dtype != batch[c].dtype for s in self._samples[c]):
+                        self._samples[c].append(batch[c].iloc[:1])
+        return {c: pd.concat(self._samples[c], ignore_index=True).dtype for c in columns if self._samples[c]}
+
+
+def open_source(source: str, root: Path, *, batch_rows: int = BATCH_ROWS) -> TableSource:
+    """The configured source, to be read in batches of at most `batch_rows` rows.
+
+    A built-in is small: it is loaded once and cut into batches. Read errors of a file,
+    even in its last batch, become one clear `DataError`.
+    """
+    path = _resolve(source, root)
+    if path is None:
+        frame = BUILTIN[source]()
+        return TableSource(list(frame.columns),
+                           lambda cols: (frame[cols].iloc[i:i + batch_rows] for i in range(0, len(frame), batch_rows)))
+    try:
+        columns = _file_columns(path)
+    except Exception as err:
+        raise _unreadable(source, path, err) from None
+
+    def read(cols: list[str]) -> Iterator[pd.DataFrame]:
+        try:
+            yield from _read_file(path, cols, batch_rows)
+        except Exception as err:
+            raise _unreadable(source, path, err) from None
+
+    return TableSource(columns, read)
+
+
+def _file_columns(path: Path) -> list[str]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(path) as file:
+            return list(file.schema_arrow.names)
+    return list(pd.read_csv(path, nrows=0).columns)
+
+
+def _read_file(path: Path, columns: list[str], batch_rows: int) -> Iterator[pd.DataFrame]:
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(path) as file:
+            for batch in file.iter_batches(batch_size=batch_rows, columns=columns):
+                yield pa.Table.from_batches([batch]).to_pandas()
+        return
+    with pd.read_csv(path, usecols=columns, chunksize=batch_rows) as reader:
+        for chunk in reader:
+            yield chunk[columns]
