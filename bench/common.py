@@ -229,3 +229,19 @@ def phase_table(runs: dict[str, list[tuple[str, float]]]) -> Table:
         table.rows.append([name, *(f"{sum(c):.1f}" if c else "–" for c in cells)])
     table.rows.append(["**total (wall)**", *(f"{sum(s for _, s in p):.1f}" for p in runs.values())])
     return table
+
+
+SUBJECT_OFFSET = 100_000  # above every nlswork idcode: each copy's people are new people
+
+
+def replicated_nlswork(path: Path, rows: int) -> Path:
+    """nlswork copied until `rows` rows, each copy with fresh record ids and subject ids."""
+    import pandas as pd
+
+    from oblivio.data.sources import load_nlswork
+
+    base = load_nlswork()
+    copies = [base.assign(record_id=base["record_id"] + f"-c{k}", idcode=base["idcode"] + k * SUBJECT_OFFSET)
+              for k in range(-(-rows // len(base)))]
+    pd.concat(copies, ignore_index=True).iloc[:rows].to_parquet(path, index=False)
+    return path

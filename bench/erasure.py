@@ -24,7 +24,8 @@ from pathlib import Path
 
 from bench.common import (
     OBLIVIO, QUICK_PARAMS, BenchError, Section, Settings, Table, _environment, cli_json, dir_bytes, figures,
-    file_sizes, flow_phases, free_port, log, make_workspace, phase_table, secs, times, training_subjects, verdict,
+    file_sizes, flow_phases, free_port, log, make_workspace, phase_table, replicated_nlswork, secs, times,
+    training_subjects, verdict,
 )
 
 BATCH = 100
@@ -166,25 +167,11 @@ def comparison_table(results: dict[str, dict]) -> Table:
 
 # --- the 10x table --------------------------------------------------------------------
 
-def ten_times_nlswork(path: Path) -> Path:
-    """nlswork ten times over, same schema: fresh record ids, subjects idcode + k*100000.
-
-    It lives outside the workspace, as an upstream table would: erasure then keeps the
-    file and relies on tombstones, exactly as with the built-in source.
-    """
-    import pandas as pd
-
+def ten_times_updates(settings: Settings) -> dict:
     from oblivio.data.sources import load_nlswork
 
-    base = load_nlswork()
-    copies = [base.assign(record_id=base["record_id"] + f"-copy{k}", idcode=base["idcode"] + k * 100_000)
-              for k in range(COPIES)]
-    pd.concat(copies, ignore_index=True).to_parquet(path, index=False)
-    return path
-
-
-def ten_times_updates(settings: Settings) -> dict:
-    source = ten_times_nlswork(settings.scratch / "nlswork-x10.parquet")
+    # outside the workspace, as an upstream table would be: erasure keeps the file and relies on tombstones
+    source = replicated_nlswork(settings.scratch / "nlswork-x10.parquet", COPIES * len(load_nlswork()))
     limit = COPIES * QUICK_PARAMS["data"]["limit_subjects"] if settings.quick else 0
     return {"data": {"source": str(source), "limit_subjects": limit}}
 

@@ -24,26 +24,12 @@ from pathlib import Path
 import psutil
 
 from bench.common import (
-    OBLIVIO, BenchError, Section, Settings, _environment, figures, log, make_workspace, secs, times,
-    training_subjects, verdict,
+    OBLIVIO, BenchError, Section, Settings, _environment, figures, log, make_workspace, replicated_nlswork, secs,
+    times, training_subjects, verdict,
 )
 
 ROWS, QUICK_ROWS = 1_000_000, 200_000
 SAMPLE_SECONDS = 0.2
-SUBJECT_OFFSET = 100_000  # above every nlswork idcode: each copy's people are new people
-
-
-def replicated_nlswork(path: Path, rows: int) -> Path:
-    """nlswork copied until `rows` rows, each copy with fresh record ids and subject ids."""
-    import pandas as pd
-
-    from oblivio.data.sources import load_nlswork
-
-    base = load_nlswork()
-    copies = [base.assign(record_id=base["record_id"] + f"-c{k}", idcode=base["idcode"] + k * SUBJECT_OFFSET)
-              for k in range(-(-rows // len(base)))]
-    pd.concat(copies, ignore_index=True).iloc[:rows].to_parquet(path, index=False)
-    return path
 
 
 def _tree_rss(root: psutil.Process) -> int:
