@@ -14,8 +14,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import zip_longest
 from pathlib import Path
 
 import yaml
@@ -229,6 +231,15 @@ def phase_table(runs: dict[str, list[tuple[str, float]]]) -> Table:
         table.rows.append([name, *(f"{sum(c):.1f}" if c else "–" for c in cells)])
     table.rows.append(["**total (wall)**", *(f"{sum(s for _, s in p):.1f}" for p in runs.values())])
     return table
+
+
+def round_robin(people: list[tuple[str, int]], n: int) -> list[str]:
+    """`n` people taken from each shard in turn: one-by-one requests that touch different shards."""
+    by_shard: dict[int, list[str]] = defaultdict(list)
+    for subject, shard in people:
+        by_shard[shard].append(subject)
+    order = [s for group in zip_longest(*by_shard.values()) for s in group if s is not None]
+    return order[:n]
 
 
 SUBJECT_OFFSET = 100_000  # above every nlswork idcode: each copy's people are new people

@@ -16,16 +16,14 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import zip_longest
 from pathlib import Path
 
 from bench.common import (
     OBLIVIO, QUICK_PARAMS, BenchError, Section, Settings, Table, _environment, cli_json, dir_bytes, figures,
-    file_sizes, flow_phases, free_port, log, make_workspace, phase_table, replicated_nlswork, secs, times,
-    training_subjects, verdict,
+    file_sizes, flow_phases, free_port, log, make_workspace, phase_table, replicated_nlswork, round_robin, secs,
+    times, training_subjects, verdict,
 )
 
 BATCH = 100
@@ -177,15 +175,6 @@ def ten_times_updates(settings: Settings) -> dict:
 
 
 # --- a batch vs one by one ------------------------------------------------------------
-
-def round_robin(people: list[tuple[str, int]], n: int) -> list[str]:
-    """`n` people taken from each shard in turn: one-by-one requests that touch different shards."""
-    by_shard: dict[int, list[str]] = defaultdict(list)
-    for subject, shard in people:
-        by_shard[shard].append(subject)
-    order = [s for group in zip_longest(*by_shard.values()) for s in group if s is not None]
-    return order[:n]
-
 
 def batch_vs_one_by_one(ws: Path, n: int, scratch: Path) -> dict:
     """`n` erasures with `forget --wait` each, then BATCH others in one request and one `process`."""
