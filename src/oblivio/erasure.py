@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from oblivio import lineage, tracking
 from oblivio.data.sharding import (
-    RECORD_KEY, SHARD, SLICE, SUBJECT_KEY, Spill, record_key, rewrite_partition, subject_key,
+    RECORD_KEY, SHARD, SLICE, SUBJECT_KEY, DatasetWriter, Spill, record_key, rewrite_partition, subject_key,
 )
 from oblivio.errors import RequestError
 from oblivio.faults import crash_point
@@ -262,7 +262,7 @@ def purge(root: Path, *, keep_version: int, request_ids: list[str]) -> dict:
       their runs and logged models deleted and garbage-collected (artifacts included),
       with a tombstone tag on the registered model saying why;
     - DVC cache and remote objects the workspace no longer references (`dvc gc -w -c`);
-    - the quarantined rows kept for the forget-set audit, and any ingest spill a crash left;
+    - the quarantined rows kept for the forget-set audit, and any ingest spill or staging a crash left;
     - Prefect result storage (nothing is cached there by design; anything found goes).
     """
     from oblivio.training.sisa import CheckpointStore
@@ -279,6 +279,7 @@ def purge(root: Path, *, keep_version: int, request_ids: list[str]) -> dict:
         if leftover.exists():
             shutil.rmtree(leftover)
     Spill.sweep(ws.state_dir)
+    DatasetWriter.sweep(ws.shards_dir.parent)
     return {"checkpoints_removed": len(removed_checkpoints), "model_versions_deleted": versions}
 
 

@@ -170,11 +170,11 @@ def test_peak_memory_follows_the_shard_not_the_table(tmp_path) -> None:
     assert big_peak < 3 * small_peak, (small_peak, big_peak)
 
 
-def test_a_spill_left_by_a_killed_ingest_is_swept_by_the_next(tmp_path) -> None:
-    """A spill holds raw rows; an ingest killed mid-way must not leave them for good."""
+def test_spill_and_staging_left_by_a_killed_ingest_are_swept_by_the_next(tmp_path) -> None:
+    """Both hold raw rows; an ingest killed mid-way must not leave them for good."""
     root = workspace(tmp_path / "ws", table(120))
-    stale = root / ".oblivio" / "spill-killed"
-    (stale / "shard=0").mkdir(parents=True)
-    (stale / "shard=0" / "0.pkl").write_bytes(b"rows of real people")
+    for stale in (root / ".oblivio" / "spill-killed" / "shard=0", root / "data" / ".staging-killed" / "shards"):
+        stale.mkdir(parents=True)
+        (stale / "0.pkl").write_bytes(b"rows of real people")
     pipeline.ingest(root, batch_rows=50)
     assert leftovers(root) == []

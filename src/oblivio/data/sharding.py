@@ -95,9 +95,19 @@ class DatasetWriter:
     def __init__(self, *, shards_dir: Path, holdout_path: Path):
         self.shards_dir, self.holdout_path = shards_dir, holdout_path
         shards_dir.parent.mkdir(parents=True, exist_ok=True)
+        DatasetWriter.sweep(shards_dir.parent)
         self.staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=shards_dir.parent))
         self.previous = shards_dir.with_name(f".{shards_dir.name}.old")
         (self.staging / "shards").mkdir()
+
+    @staticmethod
+    def sweep(data_dir: Path) -> None:
+        """Remove staging a killed ingest left behind: rows of real people, in no dataset.
+
+        Only one data-changing command runs at a time per workspace, so none is in use.
+        """
+        for leftover in data_dir.glob(".staging-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def __enter__(self) -> DatasetWriter:
         return self
