@@ -44,3 +44,12 @@ def shared_prefect_server(tmp_path_factory):
 @pytest.fixture
 def make_csv_workspace(tmp_path):
     return lambda **kw: csv_workspace(tmp_path, **kw)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_mlflow_uris():
+    """`mlflow.set_tracking_uri` (in-process registry reads) exports the URI to os.environ,
+    where it would override the next test's workspace `mlflow.yaml`: drop it after each test."""
+    yield
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(name, None)
