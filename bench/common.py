@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -108,12 +107,6 @@ def set_params(ws: Path, updates: dict) -> None:
 
 def read_params(ws: Path) -> dict:
     return yaml.safe_load((ws / "params.yaml").read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _environment() -> dict[str, str]:

@@ -22,9 +22,10 @@ from pathlib import Path
 
 from bench.common import (
     OBLIVIO, QUICK_PARAMS, BenchError, Section, Settings, Table, _environment, cli_json, dir_bytes, figures,
-    file_sizes, flow_phases, free_port, log, make_workspace, phase_table, replicated_nlswork, round_robin, secs,
+    file_sizes, flow_phases, log, make_workspace, phase_table, replicated_nlswork, round_robin, secs,
     times, training_subjects, verdict,
 )
+from flows.server import free_port
 
 BATCH = 100
 COPIES = 10

@@ -5,21 +5,12 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from flows.server import healthy, stop, wait_healthy
 from oblivio.errors import OblivioError
-
-
-def _healthy(api_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @contextmanager
@@ -30,7 +21,7 @@ def prefect_server(*, host: str, port: int, log_path: Path, timeout: float = 120
         yield configured
         return
     api_url = f"http://{host}:{port}/api"
-    if _healthy(api_url):
+    if healthy(api_url):
         raise OblivioError(f"Something already answers on {host}:{port}. Set PREFECT_API_URL to use it, "
                            "or choose another --port.")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,18 +30,11 @@ def prefect_server(*, host: str, port: int, log_path: Path, timeout: float = 120
                                    "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
     try:
-        deadline = time.monotonic() + timeout
-        while not _healthy(api_url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise OblivioError(f"The Prefect server did not start on {host}:{port}; see {log_path}.")
-            time.sleep(0.5)
+        if not wait_healthy(server, api_url, timeout=timeout):
+            raise OblivioError(f"The Prefect server did not start on {host}:{port}; see {log_path}.")
         yield api_url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server, timeout=20)
 
 
 def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host: str, port: int,
@@ -94,4 +78,4 @@ def serving_api(state_file: Path) -> str | None:
         os.kill(state["pid"], 0)
     except OSError:
         return None
-    return state["api_url"] if _healthy(state["api_url"]) else None
+    return state["api_url"] if healthy(state["api_url"]) else None

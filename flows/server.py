@@ -36,7 +36,7 @@ def prefect_api() -> Iterator[Callable[[], str]]:
         return
     pidfile = Path(os.environ.get("PREFECT_HOME", ".")) / "temporary-server.pid"
     _stop_orphan(pidfile)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     os.environ["PREFECT_API_URL"] = url  # also inherited by worker processes
     started: dict = {}
@@ -47,8 +47,11 @@ def prefect_api() -> Iterator[Callable[[], str]]:
             started["server"] = server
             pidfile.parent.mkdir(parents=True, exist_ok=True)
             pidfile.write_text(str(server.pid))
-            _wait_healthy(server, url, timeout=float(
-                os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
+            timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"))
+            if not wait_healthy(server, url, timeout=timeout):
+                stop(server)
+                raise RuntimeError(f"The temporary Prefect server did not answer within {timeout:.0f} s "
+                                   f"(exit code {server.returncode}).")
         except BaseException as err:  # re-raised in the caller's thread by ready()
             started["error"] = err
 
@@ -77,7 +80,7 @@ def prefect_api() -> Iterator[Callable[[], str]]:
                 APILogWorker.drain_all(timeout=5)  # the last log lines reach the server before it stops
             os.environ.pop("PREFECT_API_URL", None)
             if "server" in started:
-                _stop(started["server"])
+                stop(started["server"])
             pidfile.unlink(missing_ok=True)
 
 
@@ -93,32 +96,36 @@ def _start_server(port: int) -> subprocess.Popen:
                              "--log-level", "error", "--lifespan", "on"], env=env)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _wait_healthy(server: subprocess.Popen, url: str, *, timeout: float) -> None:
+def healthy(api_url: str) -> bool:
+    """Whether a Prefect API answers at `api_url`."""
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def wait_healthy(server: subprocess.Popen, api_url: str, *, timeout: float) -> bool:
+    """Poll until the server answers; False if it exited or `timeout` passed first."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"The temporary Prefect server exited with code {server.returncode} while starting.")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
+    while not healthy(api_url):
+        if server.poll() is not None or time.monotonic() > deadline:
+            return False
         time.sleep(0.05)
-    _stop(server)
-    raise RuntimeError(f"The temporary Prefect server did not answer within {timeout:.0f} s.")
+    return True
 
 
-def _stop(server: subprocess.Popen) -> None:
+def stop(server: subprocess.Popen, *, timeout: float = 5) -> None:
     server.terminate()
     try:
-        server.wait(timeout=5)
+        server.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait()

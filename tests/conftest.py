@@ -4,12 +4,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
-from helpers import SHARED_API, csv_workspace, free_port
+from flows.server import free_port, stop, wait_healthy
+from helpers import SHARED_API, csv_workspace
 
 
 @pytest.fixture(scope="session")
@@ -25,19 +24,11 @@ def shared_prefect_server(tmp_path_factory):
                                "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
+    assert wait_healthy(server, url, timeout=120), (home / "server.log").read_text()[-3000:]
     os.environ[SHARED_API] = url
     yield url
     os.environ.pop(SHARED_API, None)
-    server.terminate()
-    server.wait(timeout=30)
+    stop(server, timeout=30)
     log.close()
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,12 +39,6 @@ def cli(ws: Path | None, *args: str, check: bool = True, env: dict | None = None
 
 def cli_json(ws: Path, *args: str, embedded: bool = False) -> dict:
     return json.loads(cli(ws, *args, "--json", embedded=embedded).stdout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 

@@ -32,18 +32,12 @@ def _with_repo(root: Path, what: str, call: Callable[[Any], Any]) -> Any:
         raise WorkspaceError(f"`dvc {what}` failed in {root}: {err}") from err
 
 
-def commit(root: Path, *stages: str) -> None:
-    """Record the current outputs of `stages` in dvc.lock and the DVC cache."""
-    def run(repo) -> None:
-        for stage in stages:
-            repo.commit(stage, force=True)
-
-    _with_repo(root, "commit", run)
-
-
-def push(root: Path) -> None:
-    """Copy cached objects to the default remote (the workspace-local one by default)."""
-    _with_repo(root, "push", lambda repo: repo.push())
+def _commit_and_push(repo, stages: list[str]) -> None:
+    """Record the stages' current outputs in dvc.lock and the cache, then copy the cache
+    to the default remote (the workspace-local one by default)."""
+    for stage in stages:
+        repo.commit(stage, force=True)
+    repo.push()
 
 
 def garbage_collect(root: Path) -> None:
@@ -76,6 +70,5 @@ def dataset_version(root: Path) -> str:
 
 def record(root: Path, stages: list[str]) -> dict[str, str]:
     """Commit the stages' outputs and push them; returns every output's hash."""
-    commit(root, *stages)
-    push(root)
+    _with_repo(root, "commit + push", lambda repo: _commit_and_push(repo, stages))
     return output_hashes(root)

@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import OBLIVIO, cli, cli_json, csv_workspace, free_port, synthetic_table
+from flows.server import free_port
+from helpers import OBLIVIO, cli, cli_json, csv_workspace, synthetic_table
 
 pytestmark = pytest.mark.integration
 
