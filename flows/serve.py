@@ -51,13 +51,18 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
 
         from flows.deletion import deletion_pipeline
         from flows.deployments import workspace_deployments
+        from flows.runners import make_task_runner
         from flows.warm import WarmDeletions, warm_up
         from oblivio.workspace import Workspace
 
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             scheduled, deletion = workspace_deployments(str(root), n_shards=n_shards, cron=cron, timezone=timezone)
-            deletions = WarmDeletions(root, deletion.apply(), deletion_pipeline)
-            warm_up(Workspace(root))
+            ws = Workspace(root)
+            # threads, as `oblivio process` uses: a batch retrains a shard or two
+            flow = deletion_pipeline.with_options(
+                task_runner=make_task_runner("thread", max_workers=ws.params.executor.max_workers))
+            deletions = WarmDeletions(root, deletion.apply(), flow)
+            warm_up(ws)
             deletions.start()
             state_file.write_text(json.dumps({"api_url": api_url, "pid": os.getpid()}))
             try:

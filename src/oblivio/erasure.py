@@ -189,11 +189,11 @@ def apply(root: Path, batch: dict) -> dict:
     for k, path in files:
         if not path.exists():
             continue
+        if not _erased_rows(pq.read_table(path, columns=[SUBJECT_KEY, RECORD_KEY]).to_pandas(), erased).any():
+            continue  # the key columns alone show the partition is untouched
         frame = pq.read_table(path).to_pandas()
-        gone = frame[SUBJECT_KEY].isin(erased[0]) | frame[RECORD_KEY].isin(erased[1])
-        if gone.any():
-            removed.append(frame[gone])
-            rewritten.append(k)
+        removed.append(frame[_erased_rows(frame, erased)])
+        rewritten.append(k)
     if removed:  # quarantined for the forget-set audit, deleted by `purge`
         ws.quarantine_dir.mkdir(parents=True, exist_ok=True)
         quarantine = pd.concat(removed, ignore_index=True)
@@ -203,11 +203,15 @@ def apply(root: Path, batch: dict) -> dict:
     for k, path in files:
         if k in rewritten:
             frame = pq.read_table(path).to_pandas()
-            keep = ~(frame[SUBJECT_KEY].isin(erased[0]) | frame[RECORD_KEY].isin(erased[1]))
-            rewrite_partition(path, frame[keep].reset_index(drop=True))
+            rewrite_partition(path, frame[~_erased_rows(frame, erased)].reset_index(drop=True))
     result = {"partitions_rewritten": rewritten, "source_rewritten": _erase_from_source(ws, erased)}
     crash_point("erasure:applied")
     return result
+
+
+def _erased_rows(rows: pd.DataFrame, erased: tuple[frozenset[str], frozenset[str]]) -> pd.Series:
+    """Which rows belong to an erased subject or are an erased record."""
+    return rows[SUBJECT_KEY].isin(erased[0]) | rows[RECORD_KEY].isin(erased[1])
 
 
 def _keep_corrective_evidence(ws: Workspace, batch: dict, rows: pd.DataFrame) -> None:

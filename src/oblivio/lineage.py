@@ -15,8 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from oblivio.config import parse_yaml
 from oblivio.errors import WorkspaceError
 
 
@@ -54,7 +53,7 @@ def output_hashes(root: Path) -> dict[str, str]:
     lock = root / "dvc.lock"
     if not lock.exists():
         return {}
-    data = yaml.safe_load(lock.read_text()) or {}
+    data = parse_yaml(lock.read_text()) or {}
     hashes = {}
     for stage in (data.get("stages") or {}).values():
         for out in stage.get("outs", []):

@@ -31,7 +31,7 @@ from oblivio.errors import DataError, IntegrityError
 from oblivio.keys import keyed_int
 from oblivio.training.nets import featurize, input_width
 from oblivio.training.sisa import CheckpointStore, Recipe, ShardData, load_final_model, train_shard, weights_digest
-from oblivio.unlearning.corrective import apply_corrections
+from oblivio.unlearning.corrective import apply_corrections, corrections
 from oblivio.workspace import Workspace
 
 Progress = Callable[[str], None]
@@ -285,7 +285,8 @@ def publish_models(root: Path, shard_results: list[dict]) -> dict:
         "shards": [{k: r.get(k) for k in ("index", "shard", "n_records", "commitments", "chain", "weights_sha256",
                                           "epsilon")} for r in ordered],
     }
-    holdout = read_holdout(ws.holdout_path)
+    standing = corrections(ws.corrections_dir)
+    holdout = read_holdout(ws.holdout_path) if standing else None  # the data is read only to correct
     cols = params.data.columns
     staging = Path(tempfile.mkdtemp(prefix=".models-", dir=ws.root))
     try:
@@ -296,7 +297,7 @@ def publish_models(root: Path, shard_results: list[dict]) -> dict:
                 model, shard=r["index"], train=read_shard(ws.shards_dir, r["index"]), holdout=holdout,
                 store=ws.corrections_dir, features=list(cols.features), label=cols.label,
                 labels=list(params.data.label_domain), model_kind=params.train.model, secret=ws.secret,
-                tolerance=params.unlearning.ssd_tolerance)
+                tolerance=params.unlearning.ssd_tolerance) if standing else []
             entry["weights_sha256"] = weights_digest(model.state_dict())
             import torch
 
@@ -365,7 +366,7 @@ def evaluate(root: Path, baseline: dict | None = None) -> dict:
             base_logits = model(ensemble.featurize(raw)).double().numpy()
         metrics["baseline_accuracy"] = float((base_logits.argmax(1) == y).mean())
     cols = ws.params.data.columns
-    mia = membership_audit(models_dir=ws.models_dir, shards_dir=ws.shards_dir, holdout_path=ws.holdout_path,
+    mia = membership_audit(ensemble=ensemble, holdout=(logits, y), shards_dir=ws.shards_dir,
                            n_shards=ws.params.sisa.shards, features=list(cols.features), label=cols.label,
                            labels=labels, reports_dir=ws.reports_dir, forget=quarantined(ws), seed=ws.params.seed)
     metrics["mia"] = headline(mia)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from oblivio.audit.mia import evaluate_attack, logit_margin, probability_margin, shard_lira
 from oblivio.audit.roc_plot import plot_roc
-from oblivio.data.sharding import RECORD_KEY, SHARD, SUBJECT_KEY, read_batches, read_shard
+from oblivio.data.sharding import RECORD_KEY, SHARD, SUBJECT_KEY, read_shard
 from oblivio.ensemble import Ensemble, aggregate
 
 REPORT = "mia.json"
@@ -27,29 +27,32 @@ ROC_PLOT = "mia_roc.svg"
 MIA_MEMBERS = 50_000
 
 
-def _margins(ensemble: Ensemble, raw: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _margins_of(logits: np.ndarray, y: np.ndarray, aggregation: str) -> tuple[np.ndarray, np.ndarray]:
     """(per-shard logit margins (n, S), ensemble probability margins (n,)), in float64."""
-    logits = ensemble.shard_logits(ensemble.featurize(raw))
     per_shard = np.stack([logit_margin(lg, y) for lg in logits], axis=1)
-    return per_shard, probability_margin(aggregate(logits, ensemble.aggregation), y)
+    return per_shard, probability_margin(aggregate(logits, aggregation), y)
 
 
-def membership_audit(*, models_dir: Path, shards_dir: Path, holdout_path: Path, n_shards: int,
-                     features: list[str], label: str, labels: list, reports_dir: Path,
+def _margins(ensemble: Ensemble, raw: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return _margins_of(ensemble.shard_logits(ensemble.featurize(raw)), y, ensemble.aggregation)
+
+
+def membership_audit(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarray], shards_dir: Path,
+                     n_shards: int, features: list[str], label: str, labels: list, reports_dir: Path,
                      forget: pd.DataFrame | None = None, seed: int = 0) -> dict:
     """Attack the ensemble and every shard model; returns the summary the gates read.
 
-    `forget`: rows just erased (still quarantined); they must now score like non-members.
+    `holdout`: every shard model's logits (S, n, classes) on the held-out rows and their
+    label indices, which the accuracy report has just computed. `forget`: rows just erased
+    (still quarantined); they must now score like non-members.
     """
-    ensemble = Ensemble.load(models_dir)
     index = {v: i for i, v in enumerate(labels)}
 
     def arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         return frame[features].to_numpy(np.float64), frame[label].map(index).to_numpy(np.int64)
 
     train_shard_m, train_ens_m, member_of, n_train = _member_margins(ensemble, shards_dir, n_shards, arrays)
-    held = [_margins(ensemble, *arrays(batch)) for batch in read_batches(holdout_path, [*features, label])]
-    hold_shard_m, hold_ens_m = (np.concatenate(m) for m in zip(*held))
+    hold_shard_m, hold_ens_m = _margins_of(*holdout, ensemble.aggregation)
     shards = shard_lira(margins=train_shard_m, member_of=member_of, holdout_margins=hold_shard_m, seed=seed)
     sampled = (f"members are a sample: {len(train_ens_m):,} of {n_train:,} training records (at most "
                f"{MIA_MEMBERS // n_shards:,} per shard, smallest keyed record hashes)",)

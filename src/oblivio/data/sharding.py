@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +20,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from oblivio.config import Columns
-from oblivio.data.sources import BATCH_ROWS
 from oblivio.keys import keyed_hash, keyed_int
 
 # Columns Oblivio adds; they never hold a raw id.
@@ -226,13 +224,6 @@ def read_shard(shards_dir: Path, shard: int) -> pd.DataFrame:
 
 def read_holdout(holdout_path: Path) -> pd.DataFrame:
     return pq.read_table(holdout_path).to_pandas()
-
-
-def read_batches(path: Path, columns: list[str], batch_rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
-    """`columns` of a Parquet file (a partition, the holdout), a batch of rows at a time."""
-    with pq.ParquetFile(path) as file:
-        for batch in file.iter_batches(batch_size=batch_rows, columns=columns):
-            yield pa.Table.from_batches([batch]).to_pandas()
 
 
 def rewrite_partition(path: Path, keep: pd.DataFrame) -> None:
