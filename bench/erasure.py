@@ -100,11 +100,15 @@ def serving(ws: Path) -> Iterator[None]:
         proc.wait(timeout=120)
 
 
+SERVED = 3  # erasures with `serve` running; the median is reported (each is ~10 s, the box is noisy)
+
+
 def forget_vs_retrain(ws: Path) -> dict:
-    """Train `ws`, erase one person of shard 0 cold and another with `serve` running, then
-    retrain everything from scratch."""
+    """Train `ws`, erase one person of shard 0 cold and others with `serve` running, then
+    retrain everything from scratch: as configured (the baseline model included, as
+    `oblivio run` does by default) and without the baseline (the strictest reference)."""
     trained, _ = cli_json(ws, "run", "--no-baseline")  # also pays Prefect's first-start migrations
-    (subject, _), (served_subject, _) = training_subjects(ws)[:2]
+    (subject, _), *served_people = training_subjects(ws)[:1 + SERVED]
     cache = ws / ".dvc" / "cache"
     before, shards_bytes = file_sizes(cache), dir_bytes(ws / "data" / "shards")
     forgot, forget_wall = cli_json(ws, "forget", "--subject", subject, "--wait")
@@ -114,40 +118,57 @@ def forget_vs_retrain(ws: Path) -> dict:
     certificate = json.loads(Path(next(iter(forgot["certificate"].values()))).read_text())
     warm = warm_floor(ws, certificate["slices_retrained"])
     with serving(ws):
-        served, served_wall = cli_json(ws, "forget", "--subject", served_subject, "--wait")
+        served = [cli_json(ws, "forget", "--subject", person, "--wait") for person, _ in served_people]
+    served_walls = sorted(wall for _, wall in served)
     full, full_wall = cli_json(ws, "run", "--from-scratch", "--no-baseline")
+    full_phases = flow_phases(ws, full_wall)
+    _, configured_wall = cli_json(ws, "run", "--from-scratch")
     return {
         "n_records": trained["n_records"], "records_removed": forgot["records_removed"],
         "slices_retrained": forgot["slices_retrained"], "shards_retrained": forgot["shards_retrained"],
         "slice_stages": trained["n_shards"] * trained["n_slices"], "decision": forgot["decision"],
         "forget_wall": forget_wall, "forget_flow": forgot["flow_seconds"], "compute_floor": floor, "warm_floor": warm,
-        "full_wall": full_wall, "full_flow": full["flow_seconds"], "served_wall": served_wall,
-        "served_slices": served["slices_retrained"], "served_by": served.get("processed_by", "this command"),
+        "full_wall": full_wall, "full_flow": full["flow_seconds"], "configured_wall": configured_wall,
+        "served_walls": served_walls, "served_wall": served_walls[len(served_walls) // 2],
+        "served_slices": [out["slices_retrained"] for out, _ in served],
+        "served_by": sorted({out.get("processed_by", "this command") for out, _ in served}),
         "cache_added": sum(size for path, size in after.items() if path not in before),
         "cache_net": sum(after.values()) - sum(before.values()), "shards_bytes": shards_bytes,
-        "phases": {"forget": forget_phases, "run --from-scratch": flow_phases(ws, full_wall)},
+        "phases": {"forget": forget_phases, "run --from-scratch --no-baseline": full_phases,
+                   "run --from-scratch": flow_phases(ws, configured_wall)},
     }
 
 
 def comparison_column(r: dict, bar: float) -> list[tuple[str, str]]:
-    """(figure, value) for one table size; the speed-up carries that size's bar."""
-    speedup = r["full_wall"] / r["forget_wall"]
-    served_speedup = r["full_wall"] / r["served_wall"]
+    """(figure, value) for one table size; each speed-up carries that size's bar.
+
+    The issue's reference is "a full `oblivio run` of the same workspace": `run
+    --from-scratch` as the workspace is configured, which trains the baseline model too.
+    The baseline is a report, not something an erasure must redo, so the speed-up against
+    a full retrain without it is shown beside, as the strictest reading.
+    """
+    def speedup(full: float, forget: float) -> str:
+        return f"**{times(full / forget)}** (bar >= {bar:g}x: {verdict(full / forget >= bar)})"
+
+    served = ", ".join(secs(w) for w in r["served_walls"])
     return [
         ("training records", f"{r['n_records']:,}"),
         ("erased: records of one person", str(r["records_removed"])),
-        ("`forget --subject X --wait` wall", secs(r["forget_wall"])),
-        ("... of which the deletion flow (JSON `seconds`)", secs(r["forget_flow"])),
+        ("`forget --subject X --wait` wall (a cold command)", secs(r["forget_wall"])),
+        ("... of which the deletion flow (JSON `flow_seconds`)", secs(r["forget_flow"])),
         ("slice stages retrained", f"{r['slices_retrained']} of {r['slice_stages']} (shards {r['shards_retrained']})"),
         ("compute floor: training s of the retrained slices (MLflow `train_seconds`)", secs(r["compute_floor"])),
         ("forget wall / compute floor", times(r["forget_wall"] / r["compute_floor"])),
         ("same slices retrained in-process, warm", secs(r["warm_floor"])),
+        (f"`forget --wait` with `oblivio serve` running: median of {len(r['served_walls'])}",
+         f"{secs(r['served_wall'])} ({served}; slice stages {r['served_slices']}; processed by "
+         f"{', '.join(r['served_by'])})"),
+        ("`run --from-scratch` wall (as configured: baseline included)", secs(r["configured_wall"])),
         ("`run --from-scratch --no-baseline` wall", secs(r["full_wall"])),
-        ("**speed-up: full retrain / forget**", f"**{times(speedup)}** (bar >= {bar:g}x: {verdict(speedup >= bar)})"),
-        ("`forget --subject Y --wait` with `oblivio serve` running",
-         f"{secs(r['served_wall'])} ({r['served_slices']} slice stages; processed by {r['served_by']})"),
-        ("**speed-up with `serve` running: full retrain / served forget**",
-         f"**{times(served_speedup)}** (bar >= {bar:g}x: {verdict(served_speedup >= bar)})"),
+        ("**speed-up, served: full run / forget**", speedup(r["configured_wall"], r["served_wall"])),
+        ("**speed-up, served: full run without baseline / forget**", speedup(r["full_wall"], r["served_wall"])),
+        ("speed-up, cold: full run / forget", speedup(r["configured_wall"], r["forget_wall"])),
+        ("speed-up, cold: full run without baseline / forget", speedup(r["full_wall"], r["forget_wall"])),
         ("DVC cache bytes added by the erasure", f"{r['cache_added']:,}"),
         ("size of data/shards", f"{r['shards_bytes']:,}"),
         ("added / data/shards", f"{r['cache_added'] / r['shards_bytes']:.2f}"),
