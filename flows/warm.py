@@ -17,7 +17,7 @@ from uuid import UUID
 
 from oblivio.workspace import Workspace
 
-POLL_SECONDS = 0.25  # a local API answers this query in milliseconds
+POLL_SECONDS = 0.1  # a read on a local API: it answers in milliseconds and writes nothing
 
 
 def warm_up(ws: Workspace) -> None:

@@ -128,21 +128,21 @@ def _process_summary(result: dict) -> str:
 def cmd_forget(args) -> int:
     began = time.perf_counter()
     ws = _workspace(args)
-    from oblivio import erasure
+    from oblivio import intake
     from oblivio.errors import RequestError
     from oblivio.ledger import Ledger
 
-    subjects = list(args.subject or []) + (erasure.read_ids_file(Path(args.from_file)) if args.from_file else [])
-    records = list(args.record or []) + (erasure.read_ids_file(Path(args.records_from_file))
+    subjects = list(args.subject or []) + (intake.read_ids_file(Path(args.from_file)) if args.from_file else [])
+    records = list(args.record or []) + (intake.read_ids_file(Path(args.records_from_file))
                                          if args.records_from_file else [])
     if not subjects and not records:
         raise RequestError("Nothing to forget: give --subject, --record, --from-file or --records-from-file.")
-    subject_hashes, record_hashes = erasure.hash_ids(ws, subjects=subjects, records=records)
+    subject_hashes, record_hashes = intake.hash_ids(ws, subjects=subjects, records=records)
     ledger = Ledger(ws.ledger_path)
     try:
         request, created = ledger.submit(kind=args.kind, subject_hashes=subject_hashes, record_hashes=record_hashes,
                                          reason=args.reason or "")
-        problem = erasure.precheck(ws, request) if created else None
+        problem = intake.precheck(ws, request) if created else None
         if problem:
             ledger.mark_rejected(request.id, reason=problem)
             raise RequestError(f"Request {request.id} rejected, nothing changed: {problem}")
@@ -173,7 +173,7 @@ def _wait_for_serve(ws, request_id: str) -> dict | None:
     None when nothing serves this workspace, or when `serve` stops before the request is
     settled: the caller then processes it here (the ledger makes that safe).
     """
-    from oblivio import erasure
+    from oblivio import intake
 
     if not _announce(ws, request_id):
         return None
@@ -181,7 +181,7 @@ def _wait_for_serve(ws, request_id: str) -> dict | None:
     from flows.serve import serving_api
 
     checks = 0
-    while (result := erasure.settled(ws, request_id)) is None:
+    while (result := intake.settled(ws, request_id)) is None:
         checks += 1
         if checks % 20 == 0 and serving_api(ws.serve_state_path) is None:
             return None
@@ -289,7 +289,7 @@ def cmd_scenario(args) -> int:
 
     ws = _workspace(args)
     from oblivio import scenario
-    from oblivio.erasure import hash_ids
+    from oblivio.intake import hash_ids
     from oblivio.ledger import Ledger
     from oblivio.unlearning.scenarios import flag_sample
     from oblivio.workspace import Workspace, init_workspace

@@ -25,45 +25,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from oblivio import lineage, tracking
-from oblivio.data.sharding import (
-    RECORD_KEY, SHARD, SLICE, SUBJECT_KEY, DatasetWriter, Spill, record_key, rewrite_partition, subject_key,
-)
+from oblivio.data.columns import RECORD_KEY, SHARD, SLICE, SUBJECT_KEY
+from oblivio.data.sharding import DatasetWriter, Spill, rewrite_partition
 from oblivio.errors import RequestError
 from oblivio.faults import crash_point
+from oblivio.intake import unknown_ids
+from oblivio.keys import record_key, subject_key
 from oblivio.ledger import Ledger, Request
 from oblivio.workspace import Workspace
 
 HOLDOUT = -1  # the shard index placement uses for held-out rows
-
-
-def hash_ids(ws: Workspace, *, subjects: list[str], records: list[str]) -> tuple[list[str], list[str]]:
-    """Raw ids -> keyed hashes; the raw ids go no further than this function."""
-    return [subject_key(ws.secret, s) for s in subjects], [record_key(ws.secret, r) for r in records]
-
-
-def read_ids_file(path: Path) -> list[str]:
-    """One id per line; blank lines and `#` comments are skipped. Errors name lines, never values."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise RequestError(f"--from-file {path}: no such file.") from None
-    except UnicodeDecodeError:
-        raise RequestError(f"--from-file {path} is not UTF-8 text; give one id per line.") from None
-    ids, bad = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        value = line.strip()
-        if not value or value.startswith("#"):
-            continue
-        if any(ch.isspace() for ch in value) or "," in value or ";" in value:
-            bad.append(number)
-        ids.append(value)
-    if bad:
-        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
-        raise RequestError(f"--from-file {path}: line(s) {shown} hold more than one id. "
-                           "Give exactly one id per line (no spaces, commas or semicolons); nothing was recorded.")
-    if not ids:
-        raise RequestError(f"--from-file {path} holds no ids; nothing was recorded.")
-    return ids
 
 
 def placement(ws: Workspace) -> pd.DataFrame:
@@ -80,32 +51,6 @@ def _hits(rows: pd.DataFrame, req: Request) -> pd.DataFrame:
     return rows[rows[SUBJECT_KEY].isin(req.subject_hashes) | rows[RECORD_KEY].isin(req.record_hashes)]
 
 
-def _unknown(rows: pd.DataFrame, req: Request, erased: tuple[frozenset[str], frozenset[str]]) -> str | None:
-    """Why a request names ids that are neither placed nor already erased, or None."""
-    missing_subjects = [i for i, h in enumerate(req.subject_hashes, 1)
-                        if h not in erased[0] and not rows[SUBJECT_KEY].eq(h).any()]
-    missing_records = [i for i, h in enumerate(req.record_hashes, 1)
-                       if h not in erased[1] and not rows[RECORD_KEY].eq(h).any()]
-    parts = []
-    if missing_subjects:
-        parts.append(f"{len(missing_subjects)} of {len(req.subject_hashes)} subject id(s) match no record")
-    if missing_records:
-        parts.append(f"{len(missing_records)} of {len(req.record_hashes)} record id(s) match no record")
-    return "; ".join(parts) + " in the current data (check the ids)" if parts else None
-
-
-def precheck(ws: Workspace, req: Request) -> str | None:
-    """At submission: why the request can already be refused (unknown ids), or None."""
-    if not ws.shards_dir.exists():
-        return None  # nothing placed yet; `plan` decides when the data exists
-    ledger = Ledger(ws.ledger_path)
-    try:
-        erased = (ledger.tombstones(), ledger.record_tombstones())
-    finally:
-        ledger.close()
-    return _unknown(placement(ws), req, erased)
-
-
 def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure", "corrective")) -> dict:
     """Resolve every actionable request; reject the ones that cannot be honoured.
 
@@ -116,6 +61,7 @@ def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure", "corrective")) -> d
     ledger = Ledger(ws.ledger_path)
     try:
         rows = placement(ws)
+        placed_subjects, placed_records = set(rows[SUBJECT_KEY]), set(rows[RECORD_KEY])
         erased = (ledger.tombstones(), ledger.record_tombstones())
         shards = ws.params.sisa.shards
         sizes = rows[rows[SHARD] >= 0].groupby(SHARD).size().reindex(range(shards), fill_value=0)
@@ -125,7 +71,7 @@ def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure", "corrective")) -> d
         for req in ledger.actionable():
             if req.kind not in kinds:
                 continue
-            problem = _unknown(rows, req, erased)
+            problem = unknown_ids(placed_subjects, placed_records, req, erased)
             hits = _hits(rows, req)
             if problem is None and req.kind == "corrective" and not (hits[SHARD] >= 0).any() \
                     and ledger.certificate(req.id) is None:
@@ -404,34 +350,6 @@ def record_failure(ws: Workspace, err: BaseException) -> None:
             ledger.mark_failed(pending, error=f"{type(err).__name__}: {str(err)[:500]}")
     finally:
         ledger.close()
-
-
-def settled(ws: Workspace, request_id: str) -> dict | None:
-    """What `forget --wait` reports once another process has finished a request; None before.
-
-    Done means rejected or failed, promoted, or applied with a certificate that says the
-    gates held promotion back. The figures come from the ledger and the certificate.
-    """
-    ledger = Ledger(ws.ledger_path)
-    try:
-        req = ledger.get(request_id)
-        cert = ledger.certificate(request_id)
-    finally:
-        ledger.close()
-    if req.status in ("rejected", "failed"):
-        return {"request_ids": [request_id], "status": req.status, "error": req.error}
-    final = cert is not None and "certified_at" in cert  # apply keeps a partial one (the resolution) before
-    if req.status not in ("promoted", "applied") or not final or (req.status == "applied" and cert["promoted"]):
-        return None
-    return {
-        "request_ids": [request_id], "status": req.status, "route": cert["route"],
-        "records_removed": cert["records_removed"],
-        "shards_retrained": sorted(int(k) for k in cert["slices_retrained"]),
-        "slices_retrained": sum(len(v) for v in cert["slices_retrained"].values()),
-        "model_version": cert["model_version"], "promoted": cert["promoted"], "decision": cert["promotion"],
-        "certificate": {request_id: str(ws.certificates_dir / f"{request_id}.json")},
-        "dataset_version": cert["data_version_after"], "purge": cert["purge"],
-    }
 
 
 def reject_batch_problems(batch: dict) -> None:

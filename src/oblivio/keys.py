@@ -63,3 +63,13 @@ def derive_seed(secret: bytes, *parts: object) -> int:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def subject_key(secret: bytes, subject_id: object) -> str:
+    """The keyed hash that names a person in the ledger, certificates and logs."""
+    return keyed_hash(secret, "subject", subject_id)
+
+
+def record_key(secret: bytes, record_id: object) -> str:
+    """The keyed hash that names a record in commitments and certificates."""
+    return keyed_hash(secret, "record", record_id)

@@ -21,16 +21,18 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from oblivio.audit.membership import headline, membership_audit
-from oblivio.data.sharding import (
-    RECORD_KEY, SLICE, SUBJECT_KEY, DatasetWriter, Spill, place, read_holdout, read_shard, record_key, subject_key,
-)
+from oblivio.data.columns import RECORD_KEY, SLICE, SUBJECT_KEY
+from oblivio.data.sharding import DatasetWriter, Spill, place, read_holdout, read_shard
+from oblivio.keys import record_key, subject_key
 from oblivio.data.sources import BATCH_ROWS, TableSource, open_source
 from oblivio.data.validate import TableValidation, check_columns, numpy_numeric
 from oblivio.ensemble import MANIFEST, Ensemble, aggregate, shard_file
 from oblivio.errors import DataError, IntegrityError
 from oblivio.keys import keyed_int
 from oblivio.training.nets import featurize, input_width
-from oblivio.training.sisa import CheckpointStore, Recipe, ShardData, load_final_model, train_shard, weights_digest
+from oblivio.training.sisa import (
+    CheckpointStore, Recipe, ShardData, fully_trained, load_final_model, train_shard, weights_digest,
+)
 from oblivio.unlearning.corrective import apply_corrections, corrections
 from oblivio.workspace import Workspace
 
@@ -245,11 +247,18 @@ def shard_data(ws: Workspace, frame: pd.DataFrame) -> ShardData:
 
 
 def train_one_shard(root: Path, k: int, progress: Progress | None = None, *, resume: bool = True) -> dict:
+    """Train shard `k` from its last reusable checkpoint; its features are read only if a stage must train."""
     ws = Workspace(root)
-    data = shard_data(ws, read_shard(ws.shards_dir, k))
-    result = train_shard(data, recipe=recipe_for(ws), shard=shard_name(k), n_slices=ws.params.sisa.slices,
-                         secret=ws.secret, store=CheckpointStore(ws.checkpoints_dir), progress=progress,
-                         label=f"shard {k + 1}/{ws.params.sisa.shards}", resume=resume)
+    recipe, store = recipe_for(ws), CheckpointStore(ws.checkpoints_dir)
+    label = f"shard {k + 1}/{ws.params.sisa.shards}"
+    keys = read_shard(ws.shards_dir, k, columns=[SLICE, RECORD_KEY])
+    result = fully_trained(tuple(keys[RECORD_KEY]), keys[SLICE].to_numpy(np.int64), recipe=recipe,
+                           shard=shard_name(k), n_slices=ws.params.sisa.slices, store=store, progress=progress,
+                           label=label) if resume else None
+    if result is None:
+        result = train_shard(shard_data(ws, read_shard(ws.shards_dir, k)), recipe=recipe, shard=shard_name(k),
+                             n_slices=ws.params.sisa.slices, secret=ws.secret, store=store, progress=progress,
+                             label=label, resume=resume)
     return {"index": k, **result.to_json()}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from oblivio import tracking
 from oblivio.audit.gates import AuditContext, GateResult, all_passed, evaluate_gates
 from oblivio.config import params_as_flat_dict
-from oblivio.data.sharding import SUBJECT_KEY
+from oblivio.data.columns import SUBJECT_KEY
 from oblivio.errors import OblivioError
 from oblivio.report import render_version_report
 from oblivio.workspace import Workspace

@@ -35,13 +35,24 @@ def client(cfg: MlflowConfig):
 
 
 def ensure_experiment(cfg: MlflowConfig) -> str:
-    """Create the experiment (with its artifact location) once, before any parallel writer."""
+    """Create the experiment (with its artifact location) once, before any parallel writer.
+
+    MLflow stores that location as an absolute URI. A copied or moved workspace still
+    points at the original's artifacts, where its purge would delete them: refused here.
+    """
     mlflow = _mlflow(cfg)
+    wanted = Path(cfg.artifact_location).as_uri() if "://" not in cfg.artifact_location else cfg.artifact_location
     exp = mlflow.get_experiment_by_name(cfg.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    return mlflow.create_experiment(cfg.experiment, artifact_location=Path(cfg.artifact_location).as_uri()
-                                    if "://" not in cfg.artifact_location else cfg.artifact_location)
+    if exp is None:
+        return mlflow.create_experiment(cfg.experiment, artifact_location=wanted)
+    if exp.artifact_location != wanted:
+        from oblivio.errors import WorkspaceError
+
+        raise WorkspaceError(
+            f"MLflow experiment '{cfg.experiment}' keeps its artifacts in {exp.artifact_location}, but mlflow.yaml "
+            f"puts them in {wanted}. Was this workspace copied or moved? It would write to (and purge) the "
+            "original's artifacts. Create a new workspace with `oblivio init DIR` and run it there instead.")
+    return exp.experiment_id
 
 
 def _dataset(name: str, digest: str, uri: str, columns: list[str]):

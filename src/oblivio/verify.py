@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from oblivio import lineage, tracking
-from oblivio.data.sharding import RECORD_KEY, SLICE, SUBJECT_KEY, read_holdout, read_shard
+from oblivio.data.columns import RECORD_KEY, SLICE, SUBJECT_KEY
+from oblivio.data.sharding import read_holdout, read_shard
 from oblivio.ensemble import MANIFEST, Ensemble
 from oblivio.errors import IntegrityError, OblivioError
 from oblivio.ledger import Ledger

@@ -409,3 +409,23 @@ def test_type_and_range_problems_are_reported_together() -> None:
     with pytest.raises(ConfigError) as exc:
         parse_params(raw)
     assert header_count(exc.value) == 2
+
+
+def test_a_copied_workspace_is_refused_before_it_touches_the_originals_artifacts(tmp_path: Path,
+                                                                                  no_mlflow_env) -> None:
+    """MLflow keeps the experiment's artifact location as an absolute URI: a copy of a
+    workspace would log to, and purge, the original's `mlartifacts/`."""
+    import shutil
+
+    from oblivio import tracking
+    from oblivio.errors import WorkspaceError
+
+    original, copy_ = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    mlflow_yaml = write_mlflow(tmp_path, {"tracking_uri": "sqlite:///mlflow.db"})
+    experiment = tracking.ensure_experiment(load_mlflow_config(mlflow_yaml, original))
+    shutil.copytree(original, copy_)
+    with pytest.raises(WorkspaceError, match="copied or moved") as exc:
+        tracking.ensure_experiment(load_mlflow_config(mlflow_yaml, copy_))
+    assert str(original.resolve() / "mlartifacts") in str(exc.value)
+    assert tracking.ensure_experiment(load_mlflow_config(mlflow_yaml, original)) == experiment

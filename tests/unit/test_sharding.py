@@ -12,18 +12,8 @@ import pytest
 
 from oblivio.config import Columns
 from oblivio.data import sharding
-from oblivio.data.sharding import (
-    RECORD_KEY,
-    SHARD,
-    SLICE,
-    SUBJECT_KEY,
-    Spill,
-    place,
-    read_holdout,
-    read_shard,
-    rewrite_partition,
-    write_dataset,
-)
+from oblivio.data.columns import RECORD_KEY, SHARD, SLICE, SUBJECT_KEY
+from oblivio.data.sharding import Spill, place, read_holdout, read_shard, rewrite_partition, write_dataset
 
 SECRET = bytes.fromhex("5e" * 32)
 COLUMNS = Columns(record_id="record_id", subject_id="subject_id", label="label", features=("f1", "f2"))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from oblivio.training.sisa import (
-    CheckpointStore, Recipe, ShardData, chain_keys, slice_commitments, train_shard, weights_digest,
+    CheckpointStore, Recipe, ShardData, chain_keys, fully_trained, slice_commitments, train_shard, weights_digest,
 )
 
 SECRET = bytes(range(32))
@@ -54,6 +54,23 @@ def test_different_seed_or_secret_changes_weights(tmp_path):
     other = train_shard(make_data(), recipe=RECIPE, shard="shard-0", n_slices=N_SLICES, secret=b"\x01" * 32,
                         store=CheckpointStore(tmp_path / "b"))
     assert a.weights_sha256 != other.weights_sha256
+
+
+def test_a_fully_checkpointed_shard_is_known_from_its_keys_alone(tmp_path):
+    """What the cached shards of an erasure report without their features: the same as
+    resuming them, and nothing at all once a record is gone."""
+    data = make_data()
+    trained = train(data, tmp_path)
+    resumed = train(data, tmp_path)
+    known = fully_trained(data.record_keys, data.slices, recipe=RECIPE, shard="shard-0", n_slices=N_SLICES,
+                          store=CheckpointStore(tmp_path))
+    assert known is not None and resumed.slices_trained == []
+    for field in ("n_records", "commitments", "chain", "slices_trained", "slices_reused", "weights_sha256"):
+        assert getattr(known, field) == getattr(resumed, field)
+    assert known.weights_sha256 == trained.weights_sha256
+    smaller = drop(data, len(data.y) - 1)
+    assert fully_trained(smaller.record_keys, smaller.slices, recipe=RECIPE, shard="shard-0", n_slices=N_SLICES,
+                         store=CheckpointStore(tmp_path)) is None
 
 
 def test_untouched_shard_trains_nothing_and_keeps_checkpoint_bytes(tmp_path):

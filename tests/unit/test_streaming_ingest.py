@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from oblivio import pipeline
-from oblivio.data.sharding import place, record_key, subject_key, write_dataset
+from oblivio.data.sharding import place, write_dataset
+from oblivio.keys import record_key, subject_key
 from oblivio.data.sources import load_source
 from oblivio.data.validate import numpy_numeric
 from oblivio.errors import ValidationFailed

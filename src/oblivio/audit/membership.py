@@ -16,7 +16,8 @@ import pandas as pd
 
 from oblivio.audit.mia import evaluate_attack, logit_margin, probability_margin, shard_lira
 from oblivio.audit.roc_plot import plot_roc
-from oblivio.data.sharding import RECORD_KEY, SHARD, SUBJECT_KEY, read_shard
+from oblivio.data.columns import RECORD_KEY, SHARD, SUBJECT_KEY
+from oblivio.data.sharding import read_shard
 from oblivio.ensemble import Ensemble, aggregate
 
 REPORT = "mia.json"

@@ -20,22 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from oblivio.config import Columns
-from oblivio.keys import keyed_hash, keyed_int
-
-# Columns Oblivio adds; they never hold a raw id.
-SHARD, SLICE, RECORD_KEY, SUBJECT_KEY = "_shard", "_slice", "_record_key", "_subject_key"
-PLACEMENT_COLUMNS = (SHARD, SLICE, RECORD_KEY, SUBJECT_KEY)
+from oblivio.data.columns import RECORD_KEY, SHARD, SLICE, SUBJECT_KEY
+from oblivio.keys import keyed_int, record_key, subject_key
 HASH_SPACE = 2**64
-
-
-def subject_key(secret: bytes, subject_id: object) -> str:
-    """The keyed hash that names a person in the ledger, certificates and logs."""
-    return keyed_hash(secret, "subject", subject_id)
-
-
-def record_key(secret: bytes, record_id: object) -> str:
-    """The keyed hash that names a record in commitments and certificates."""
-    return keyed_hash(secret, "record", record_id)
 
 
 def is_holdout(secret: bytes, subject_id: object, fraction: float) -> bool:
@@ -218,8 +205,8 @@ def _same_rows(path: Path, df: pd.DataFrame) -> bool:
     return old.shape == df.shape and list(old.columns) == list(df.columns) and old.equals(df)
 
 
-def read_shard(shards_dir: Path, shard: int) -> pd.DataFrame:
-    return pq.read_table(shards_dir / f"shard={shard}" / "part.parquet").to_pandas()
+def read_shard(shards_dir: Path, shard: int, columns: list[str] | None = None) -> pd.DataFrame:
+    return pq.read_table(shards_dir / f"shard={shard}" / "part.parquet", columns=columns).to_pandas()
 
 
 def read_holdout(holdout_path: Path) -> pd.DataFrame:

@@ -227,7 +227,33 @@ def train_shard(data: ShardData, *, recipe: Recipe, shard: str, n_slices: int, s
         progress(f"{label or shard}: all {n_slices} slices reused from checkpoints")
     if trainer is not None:
         trainer.close()
-    result.weights_sha256 = weights_digest(model.state_dict())
+    return _seal(result, model.state_dict(), dp_history, recipe, began)
+
+
+def fully_trained(record_keys: tuple[str, ...], slices: np.ndarray, *, recipe: Recipe, shard: str, n_slices: int,
+                  store: CheckpointStore, progress: Progress | None = None, label: str = "") -> ShardResult | None:
+    """What `train_shard` returns for a shard whose last stage is checkpointed, from its
+    record keys alone; None when any stage must train.
+
+    An erasure touches one shard or two: the others need no features read or featurized.
+    """
+    began = time.perf_counter()
+    commitments = slice_commitments(record_keys, slices, n_slices)
+    chain = chain_keys(recipe.digest(), shard, commitments)
+    if not store.has(shard, chain[-1]):
+        return None
+    state = store.load(shard, chain[-1])
+    result = ShardResult(shard=shard, n_records=len(record_keys), commitments=commitments, chain=chain,
+                         slices_reused=list(range(n_slices)))
+    if progress:
+        progress(f"{label or shard}: all {n_slices} slices reused from checkpoints")
+    return _seal(result, state["model"], state.get("accountant", []), recipe, began)
+
+
+def _seal(result: ShardResult, weights: dict[str, torch.Tensor], dp_history: list, recipe: Recipe,
+          began: float) -> ShardResult:
+    """Add the weights' hash, the DP accounting (if any) and the time spent."""
+    result.weights_sha256 = weights_digest(weights)
     if recipe.dp is not None:
         result.dp_history = [list(h) for h in dp_history]
         result.epsilon = epsilon_of(dp_history, delta=recipe.dp.delta, accountant=recipe.dp.accountant)

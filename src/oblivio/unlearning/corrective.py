@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from oblivio.data.sharding import SUBJECT_KEY
+from oblivio.data.columns import SUBJECT_KEY
 from oblivio.keys import keyed_int
 from oblivio.training.nets import featurize
 from oblivio.unlearning.ssd import SsdChoice, apply_ssd, choose_ssd, diagonal_importance

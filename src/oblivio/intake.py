@@ -1,0 +1,109 @@
+"""The `oblivio forget` side of a request: read the ids, hash them, refuse ids that match
+nothing, and read the outcome back once another process (`serve`) has settled it.
+
+No pandas here: `forget` is a short command, often run by many writers at once, and its
+imports are most of its cost. `erasure.plan` applies the same unknown-id rule later.
+"""
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+
+from oblivio.data.columns import RECORD_KEY, SUBJECT_KEY
+from oblivio.errors import RequestError
+from oblivio.keys import record_key, subject_key
+from oblivio.ledger import Ledger, Request
+from oblivio.workspace import Workspace
+
+
+def hash_ids(ws: Workspace, *, subjects: list[str], records: list[str]) -> tuple[list[str], list[str]]:
+    """Raw ids -> keyed hashes; the raw ids go no further than this function."""
+    return [subject_key(ws.secret, s) for s in subjects], [record_key(ws.secret, r) for r in records]
+
+
+def read_ids_file(path: Path) -> list[str]:
+    """One id per line; blank lines and `#` comments are skipped. Errors name lines, never values."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise RequestError(f"--from-file {path}: no such file.") from None
+    except UnicodeDecodeError:
+        raise RequestError(f"--from-file {path} is not UTF-8 text; give one id per line.") from None
+    ids, bad = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        value = line.strip()
+        if not value or value.startswith("#"):
+            continue
+        if any(ch.isspace() for ch in value) or "," in value or ";" in value:
+            bad.append(number)
+        ids.append(value)
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        raise RequestError(f"--from-file {path}: line(s) {shown} hold more than one id. "
+                           "Give exactly one id per line (no spaces, commas or semicolons); nothing was recorded.")
+    if not ids:
+        raise RequestError(f"--from-file {path} holds no ids; nothing was recorded.")
+    return ids
+
+
+def unknown_ids(placed_subjects: Collection[str], placed_records: Collection[str], req: Request,
+                erased: tuple[frozenset[str], frozenset[str]]) -> str | None:
+    """Why a request names ids that are neither placed nor already erased, or None."""
+    missing_subjects = sum(h not in erased[0] and h not in placed_subjects for h in req.subject_hashes)
+    missing_records = sum(h not in erased[1] and h not in placed_records for h in req.record_hashes)
+    parts = []
+    if missing_subjects:
+        parts.append(f"{missing_subjects} of {len(req.subject_hashes)} subject id(s) match no record")
+    if missing_records:
+        parts.append(f"{missing_records} of {len(req.record_hashes)} record id(s) match no record")
+    return "; ".join(parts) + " in the current data (check the ids)" if parts else None
+
+
+def precheck(ws: Workspace, req: Request) -> str | None:
+    """At submission: why the request can already be refused (unknown ids), or None."""
+    if not ws.shards_dir.exists():
+        return None  # nothing placed yet; `plan` decides when the data exists
+    import pyarrow.parquet as pq
+
+    ledger = Ledger(ws.ledger_path)
+    try:
+        erased = (ledger.tombstones(), ledger.record_tombstones())
+    finally:
+        ledger.close()
+    files = [*sorted(ws.shards_dir.glob("shard=*/part.parquet")), *([ws.holdout_path] if ws.holdout_path.exists() else [])]
+    subjects, records = set(), set()
+    for path in files:
+        with pq.ParquetFile(path) as file:  # not `read_table`: its dataset layer imports pandas (0.3 s)
+            table = file.read(columns=[SUBJECT_KEY, RECORD_KEY] if req.record_hashes else [SUBJECT_KEY])
+        subjects.update(table.column(SUBJECT_KEY).to_pylist())
+        if req.record_hashes:
+            records.update(table.column(RECORD_KEY).to_pylist())
+    return unknown_ids(subjects, records, req, erased)
+
+
+def settled(ws: Workspace, request_id: str) -> dict | None:
+    """What `forget --wait` reports once another process has finished a request; None before.
+
+    Done means rejected or failed, promoted, or applied with a certificate that says the
+    gates held promotion back. The figures come from the ledger and the certificate.
+    """
+    ledger = Ledger(ws.ledger_path)
+    try:
+        req = ledger.get(request_id)
+        cert = ledger.certificate(request_id)
+    finally:
+        ledger.close()
+    if req.status in ("rejected", "failed"):
+        return {"request_ids": [request_id], "status": req.status, "error": req.error}
+    final = cert is not None and "certified_at" in cert  # apply keeps a partial one (the resolution) before
+    if req.status not in ("promoted", "applied") or not final or (req.status == "applied" and cert["promoted"]):
+        return None
+    return {
+        "request_ids": [request_id], "status": req.status, "route": cert["route"],
+        "records_removed": cert["records_removed"],
+        "shards_retrained": sorted(int(k) for k in cert["slices_retrained"]),
+        "slices_retrained": sum(len(v) for v in cert["slices_retrained"].values()),
+        "model_version": cert["model_version"], "promoted": cert["promoted"], "decision": cert["promotion"],
+        "certificate": {request_id: str(ws.certificates_dir / f"{request_id}.json")},
+        "dataset_version": cert["data_version_after"], "purge": cert["purge"],
+    }
