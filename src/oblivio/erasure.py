@@ -146,7 +146,7 @@ def apply(root: Path, batch: dict) -> dict:
         _keep_corrective_evidence(ws, batch, quarantine)
         pq.write_table(pa.Table.from_pandas(quarantine, preserve_index=False),
                        ws.quarantine_dir / f"batch-{len(list(ws.quarantine_dir.glob('*.parquet')))}.parquet")
-    for k, path in files:
+    for k, path in files:  # read again: holding every affected partition would hold a big batch's whole table
         if k in rewritten:
             frame = pq.read_table(path).to_pandas()
             rewrite_partition(path, frame[~_erased_rows(frame, erased)].reset_index(drop=True))

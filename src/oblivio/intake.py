@@ -70,7 +70,7 @@ def precheck(ws: Workspace, req: Request) -> str | None:
         erased = (ledger.tombstones(), ledger.record_tombstones())
     finally:
         ledger.close()
-    files = [*sorted(ws.shards_dir.glob("shard=*/part.parquet")), *([ws.holdout_path] if ws.holdout_path.exists() else [])]
+    files = sorted(ws.shards_dir.glob("shard=*/part.parquet")) + ([ws.holdout_path] if ws.holdout_path.exists() else [])
     subjects, records = set(), set()
     for path in files:
         with pq.ParquetFile(path) as file:  # not `read_table`: its dataset layer imports pandas (0.3 s)

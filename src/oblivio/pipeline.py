@@ -23,12 +23,11 @@ import pyarrow.parquet as pq
 from oblivio.audit.membership import headline, membership_audit
 from oblivio.data.columns import RECORD_KEY, SLICE, SUBJECT_KEY
 from oblivio.data.sharding import DatasetWriter, Spill, place, read_holdout, read_shard
-from oblivio.keys import record_key, subject_key
 from oblivio.data.sources import BATCH_ROWS, TableSource, open_source
 from oblivio.data.validate import TableValidation, check_columns, numpy_numeric
 from oblivio.ensemble import MANIFEST, Ensemble, aggregate, shard_file
 from oblivio.errors import DataError, IntegrityError
-from oblivio.keys import keyed_int
+from oblivio.keys import keyed_int, record_key, subject_key
 from oblivio.training.nets import featurize, input_width
 from oblivio.training.sisa import (
     CheckpointStore, Recipe, ShardData, fully_trained, load_final_model, train_shard, weights_digest,
