@@ -61,7 +61,6 @@ def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure", "corrective")) -> d
     ledger = Ledger(ws.ledger_path)
     try:
         rows = placement(ws)
-        placed_subjects, placed_records = set(rows[SUBJECT_KEY]), set(rows[RECORD_KEY])
         erased = (ledger.tombstones(), ledger.record_tombstones())
         shards = ws.params.sisa.shards
         sizes = rows[rows[SHARD] >= 0].groupby(SHARD).size().reindex(range(shards), fill_value=0)
@@ -71,8 +70,8 @@ def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure", "corrective")) -> d
         for req in ledger.actionable():
             if req.kind not in kinds:
                 continue
-            problem = unknown_ids(placed_subjects, placed_records, req, erased)
-            hits = _hits(rows, req)
+            hits = _hits(rows, req)  # an id is placed iff it is in a row this request hits
+            problem = unknown_ids(set(hits[SUBJECT_KEY].tolist()), set(hits[RECORD_KEY].tolist()), req, erased)
             if problem is None and req.kind == "corrective" and not (hits[SHARD] >= 0).any() \
                     and ledger.certificate(req.id) is None:
                 problem = ("none of the flagged records is in the training data (held-out rows only): "

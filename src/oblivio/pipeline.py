@@ -241,7 +241,7 @@ def shard_data(ws: Workspace, frame: pd.DataFrame) -> ShardData:
         x=featurize(frame[list(cols.features)].to_numpy(np.float64), ws.params.train.model),
         y=label_index(ws, frame[cols.label]),
         slices=frame[SLICE].to_numpy(np.int64),
-        record_keys=tuple(frame[RECORD_KEY]),
+        record_keys=tuple(frame[RECORD_KEY].tolist()),
     )
 
 
@@ -251,7 +251,7 @@ def train_one_shard(root: Path, k: int, progress: Progress | None = None, *, res
     recipe, store = recipe_for(ws), CheckpointStore(ws.checkpoints_dir)
     label = f"shard {k + 1}/{ws.params.sisa.shards}"
     keys = read_shard(ws.shards_dir, k, columns=[SLICE, RECORD_KEY])
-    result = fully_trained(tuple(keys[RECORD_KEY]), keys[SLICE].to_numpy(np.int64), recipe=recipe,
+    result = fully_trained(tuple(keys[RECORD_KEY].tolist()), keys[SLICE].to_numpy(np.int64), recipe=recipe,
                            shard=shard_name(k), n_slices=ws.params.sisa.slices, store=store, progress=progress,
                            label=label) if resume else None
     if result is None:

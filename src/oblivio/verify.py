@@ -77,7 +77,7 @@ def verify(root: Path, *, alias: str = "champion", replay: int = 0) -> dict:
     mismatched, leaked = [], 0
     for entry in manifest["shards"]:
         part = read_shard(ws.shards_dir, entry["index"])
-        commitments = slice_commitments(tuple(part[RECORD_KEY]), part[SLICE].to_numpy(), n_slices)
+        commitments = slice_commitments(tuple(part[RECORD_KEY].tolist()), part[SLICE].to_numpy(), n_slices)
         chain = chain_keys(manifest["recipe_sha256"], entry["shard"], commitments)
         if commitments != entry["commitments"] or chain != entry["chain"]:
             mismatched.append(entry["index"])

@@ -320,3 +320,21 @@ def test_grouped_bootstrap_resamples_whole_people():
         assert grouped[name].high == pytest.approx(np.percentile(values, 97.5), abs=1e-12)
     by_row = mia._bootstrap_intervals(pos, neg, n_bootstrap=40, seed=7)
     assert grouped["auc"].high - grouped["auc"].low > 2 * (by_row["auc"].high - by_row["auc"].low)
+
+
+def test_shard_attacks_of_one_size_share_draws_without_changing_intervals():
+    """Shards with as many members draw their resamples once; each shard's intervals must be
+    those of bootstrapping it alone, and a shard of another size must get its own draws."""
+    from oblivio.audit import mia
+
+    rng = np.random.default_rng(8)
+    owner = np.r_[np.repeat([0, 1, 2], 120), np.full(90, 3)]  # three shards of 120 members, one of 90
+    train, holdout = np.round(rng.normal(0, 1, (owner.size, 4)), 2), np.round(rng.normal(0, 1, (400, 4)), 2)
+    train[np.arange(owner.size), owner] += 0.5  # each shard model fits its own members a little
+    results = shard_lira(margins=train, member_of=owner, holdout_margins=holdout, n_bootstrap=30, seed=5)
+    for k, result in enumerate(results):
+        both = np.concatenate([train[owner == k], holdout])
+        scores = lira_offline_scores(target=both[:, k], references=np.delete(both, k, axis=1))
+        alone = mia._bootstrap_intervals(scores[: result.n_members], scores[result.n_members :], n_bootstrap=30, seed=5)
+        assert result.intervals == alone
+    assert len({r.intervals["auc"] for r in results}) == 4

@@ -218,19 +218,15 @@ def evaluate_attack(
     """
     pos = _scores("member_scores", member_scores)
     neg = _scores("nonmember_scores", nonmember_scores)
-    if n_bootstrap < 1:
-        raise ValueError(f"n_bootstrap must be at least 1; got {n_bootstrap}")
+    intervals = _bootstrap_intervals(pos, neg, n_bootstrap=n_bootstrap, seed=seed, member_groups=member_groups)
+    return _result(attack, pos, neg, intervals, notes)
+
+
+def _result(attack: str, pos: np.ndarray, neg: np.ndarray, intervals: dict[str, Interval],
+            notes: Sequence[str]) -> AttackResult:
     point, fpr, tpr = _metrics(pos, neg)
-    return AttackResult(
-        attack=attack,
-        **point,
-        n_members=pos.size,
-        n_nonmembers=neg.size,
-        intervals=_bootstrap_intervals(pos, neg, n_bootstrap=n_bootstrap, seed=seed, member_groups=member_groups),
-        notes=tuple(notes) + _sample_size_notes(neg.size),
-        fpr=fpr,
-        tpr=tpr,
-    )
+    return AttackResult(attack=attack, **point, n_members=pos.size, n_nonmembers=neg.size, intervals=intervals,
+                        notes=tuple(notes) + _sample_size_notes(neg.size), fpr=fpr, tpr=tpr)
 
 
 # --- SISA shards ---------------------------------------------------------------------
@@ -267,28 +263,22 @@ def shard_lira(
             f"to match margins {train.shape}; got {holdout.shape}"
         )
     owner = _labels(member_of, rows_of=train.shape, n_classes=n_shards, name="margins")
-    reference_notes = _reference_notes(n_shards - 1)
-    results = []
+    scored = []
     for k in range(n_shards):
         members = train[owner == k]
         if members.shape[0] == 0:
             raise ValueError(f"shard {k} holds no training records in member_of; it cannot be audited")
         both = np.concatenate([members, holdout])
         scores = lira_offline_scores(target=both[:, k], references=np.delete(both, k, axis=1))
-        results.append(
-            evaluate_attack(
-                attack=f"lira-offline/shard-{k}",
-                member_scores=scores[: members.shape[0]],
-                nonmember_scores=scores[members.shape[0] :],
-                n_bootstrap=n_bootstrap,
-                seed=seed,
-                notes=reference_notes,
-            )
-        )
-    return results
-
-
-# --- plotting ------------------------------------------------------------------------
+        scored.append((scores[: members.shape[0]], scores[members.shape[0] :]))
+    # shards with as many members draw the same resamples (same seed, same sizes): draw them once
+    intervals: dict[int, dict[str, Interval]] = {}
+    for size in {pos.size for pos, _ in scored}:
+        same = [k for k, (pos, _) in enumerate(scored) if pos.size == size]
+        shared = _shared_bootstrap([_Resampling.of(*scored[k]) for k in same], n_bootstrap=n_bootstrap, seed=seed)
+        intervals.update(zip(same, shared))
+    notes = _reference_notes(n_shards - 1)
+    return [_result(f"lira-offline/shard-{k}", pos, neg, intervals[k], notes) for k, (pos, neg) in enumerate(scored)]
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -351,9 +341,9 @@ def _metrics(pos: np.ndarray, neg: np.ndarray) -> tuple[dict[str, float], np.nda
     return metrics, fpr, tpr
 
 
-def _bootstrap_intervals(pos: np.ndarray, neg: np.ndarray, *, n_bootstrap: int, seed: int,
-                         member_groups: np.ndarray | None = None) -> dict[str, Interval]:
-    """Percentile intervals from resampling members and non-members independently.
+@dataclass(frozen=True)
+class _Resampling:
+    """One attack's scores, reduced to what a bootstrap replicate needs.
 
     A resample is a multiset of the original scores, so it is described by how often each
     distinct score was drawn, and no replicate sorts anything. Every metric is read from
@@ -361,41 +351,93 @@ def _bootstrap_intervals(pos: np.ndarray, neg: np.ndarray, *, n_bootstrap: int, 
     them only the FPR grows, so no other point can have a higher TPR at a given FPR or a
     higher balanced accuracy. A replicate then costs its draws plus work on the distinct
     member scores, not on all scores (the audit runs after every training and erasure).
-    With `member_groups`, a replicate draws groups and takes every member of each group drawn.
     """
-    rng = np.random.default_rng(seed)
-    uniq, inverse = np.unique(np.concatenate([pos, neg]), return_inverse=True)
-    block = uniq.size - 1 - inverse  # tie-block index in descending score order
-    anchors, pos_anchor = np.unique(block[: pos.size], return_inverse=True)  # distinct member scores, descending
-    n_anchors = anchors.size
-    # a non-member's slot: 2j if it scores above anchor j (and below anchor j-1), 2j+1 if it ties anchor j
-    above = np.searchsorted(anchors, block[pos.size:])
-    ties = anchors[np.minimum(above, n_anchors - 1)] == block[pos.size:]
-    neg_slot = 2 * above + ties
-    if member_groups is not None:
-        _, group_of = np.unique(np.asarray(member_groups), return_inverse=True)
-        n_groups = int(group_of.max()) + 1
-    draws = {name: np.empty(n_bootstrap) for name in METRIC_NAMES}
-    for b in range(n_bootstrap):
-        if member_groups is None:
-            pos_w = np.bincount(pos_anchor[rng.integers(0, pos.size, pos.size)], minlength=n_anchors)
-        else:
-            times_drawn = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
-            pos_w = np.bincount(pos_anchor, weights=times_drawn[group_of], minlength=n_anchors)
-        slots = np.bincount(neg_slot[rng.integers(0, neg.size, neg.size)], minlength=2 * n_anchors + 1)
+
+    n_pos: int
+    n_neg: int
+    pos_anchor: np.ndarray  # each member's distinct score (anchor), in descending order of scores
+    neg_slot: np.ndarray  # 2j if a non-member scores above anchor j (below j-1), 2j+1 if it ties anchor j
+    n_anchors: int
+    group_of: np.ndarray | None  # each member's group, when whole groups are resampled
+    n_groups: int
+
+    @classmethod
+    def of(cls, pos: np.ndarray, neg: np.ndarray, member_groups: np.ndarray | None = None) -> _Resampling:
+        uniq, inverse = np.unique(np.concatenate([pos, neg]), return_inverse=True)
+        block = uniq.size - 1 - inverse  # tie-block index in descending score order
+        anchors, pos_anchor = np.unique(block[: pos.size], return_inverse=True)
+        above = np.searchsorted(anchors, block[pos.size:])
+        ties = anchors[np.minimum(above, anchors.size - 1)] == block[pos.size:]
+        group_of, n_groups = None, 0
+        if member_groups is not None:
+            _, group_of = np.unique(np.asarray(member_groups), return_inverse=True)
+            n_groups = int(group_of.max()) + 1
+        return cls(n_pos=pos.size, n_neg=neg.size, pos_anchor=pos_anchor, neg_slot=2 * above + ties,
+                   n_anchors=anchors.size, group_of=group_of, n_groups=n_groups)
+
+    def draw_members(self, rng: np.random.Generator) -> np.ndarray:
+        """Member rows drawn, or with groups how often each group was drawn."""
+        if self.group_of is None:
+            return rng.integers(0, self.n_pos, self.n_pos)
+        return np.bincount(rng.integers(0, self.n_groups, self.n_groups), minlength=self.n_groups)
+
+    def member_weights(self, drawn: np.ndarray) -> np.ndarray:
+        """How often each anchor's members are in the resample."""
+        if self.group_of is None:
+            return np.bincount(self.pos_anchor[drawn], minlength=self.n_anchors)
+        return np.bincount(self.pos_anchor, weights=drawn[self.group_of], minlength=self.n_anchors)
+
+    def replicate(self, members: np.ndarray, nonmembers: np.ndarray) -> dict[str, float]:
+        """The four metrics of the resample made of these draws (`draw_members`, non-member rows)."""
+        pos_w = self.member_weights(members)
+        slots = np.bincount(self.neg_slot[nonmembers], minlength=2 * self.n_anchors + 1)
         tied_w = slots[1::2]
         false_pos = np.cumsum(slots[0:-1:2] + tied_w)  # non-members scoring at or above each anchor
-        n_pos = pos_w.sum()
-        fpr, tpr = np.r_[0, false_pos] / neg.size, np.r_[0, np.cumsum(pos_w)] / n_pos
-        # a product and a sum, not np.dot: BLAS wakes its thread pool for each call (~5 ms a replicate here)
-        draws["auc"][b] = float((pos_w * (neg.size - false_pos + 0.5 * tied_w)).sum() / (n_pos * neg.size))
-        draws["tpr_at_0_1pct_fpr"][b] = tpr_at_fpr(fpr, tpr, 1e-3)
-        draws["tpr_at_1pct_fpr"][b] = tpr_at_fpr(fpr, tpr, 1e-2)
-        draws["balanced_accuracy"][b] = float(np.max((tpr + 1.0 - fpr) / 2.0))
-    return {
-        name: Interval(low=float(np.percentile(v, 2.5)), high=float(np.percentile(v, 97.5)))
-        for name, v in draws.items()
-    }
+        n_pos, n_neg = pos_w.sum(), self.n_neg
+        fpr = np.concatenate([[0], false_pos]) / n_neg
+        tpr = np.concatenate([[0], np.cumsum(pos_w)]) / n_pos
+        # both only grow, so the best TPR within an FPR is at the last point allowed
+        within_0_1pct, within_1pct = np.searchsorted(fpr, [1e-3, 1e-2], side="right") - 1
+        return {
+            # a product and a sum, not np.dot: BLAS wakes its thread pool for each call (~5 ms a replicate here)
+            "auc": float((pos_w * (n_neg - false_pos + 0.5 * tied_w)).sum() / (n_pos * n_neg)),
+            "tpr_at_0_1pct_fpr": float(tpr[within_0_1pct]),
+            "tpr_at_1pct_fpr": float(tpr[within_1pct]),
+            "balanced_accuracy": float(np.max((tpr + 1.0 - fpr) / 2.0)),
+        }
+
+
+def _bootstrap_intervals(pos: np.ndarray, neg: np.ndarray, *, n_bootstrap: int, seed: int,
+                         member_groups: np.ndarray | None = None) -> dict[str, Interval]:
+    """Percentile intervals from resampling members and non-members independently.
+
+    With `member_groups`, a replicate draws groups and takes every member of each group drawn.
+    """
+    [intervals] = _shared_bootstrap([_Resampling.of(pos, neg, member_groups)], n_bootstrap=n_bootstrap, seed=seed)
+    return intervals
+
+
+def _shared_bootstrap(attacks: list[_Resampling], *, n_bootstrap: int, seed: int) -> list[dict[str, Interval]]:
+    """Each attack's intervals, as `_bootstrap_intervals` gives them, from one set of draws.
+
+    The draws depend only on the seed and the sample sizes, so attacks of one size (the
+    shard attacks) resample the same rows: drawing once for all is the same as drawing
+    for each. Each replicate draws members, then non-members, from Generator(seed).
+    """
+    if n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be at least 1; got {n_bootstrap}")
+    first = attacks[0]
+    if any((a.n_pos, a.n_neg, a.group_of is None) != (first.n_pos, first.n_neg, True) for a in attacks[1:]):
+        raise ValueError("attacks share draws only with equal sample sizes and no member groups")
+    rng = np.random.default_rng(seed)
+    draws = [{name: np.empty(n_bootstrap) for name in METRIC_NAMES} for _ in attacks]
+    for b in range(n_bootstrap):
+        members, nonmembers = first.draw_members(rng), rng.integers(0, first.n_neg, first.n_neg)
+        for attack, out in zip(attacks, draws):
+            for name, value in attack.replicate(members, nonmembers).items():
+                out[name][b] = value
+    return [{name: Interval(low=float(np.percentile(v, 2.5)), high=float(np.percentile(v, 97.5)))
+             for name, v in out.items()} for out in draws]
 
 
 def _sample_size_notes(n_nonmembers: int) -> tuple[str, ...]:
