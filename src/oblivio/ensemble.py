@@ -7,7 +7,9 @@ pipeline's audits and the MLflow pyfunc model.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ class Ensemble:
     features: tuple[str, ...]
     aggregation: str
     models: list[torch.nn.Module]
+    digests: tuple[str, ...]  # each model's weights hash, as the manifest records it
 
     @classmethod
     def load(cls, models_dir: Path, *, verify: bool = True) -> "Ensemble":
@@ -50,19 +53,59 @@ class Ensemble:
             model.load_state_dict(state)
             model.eval()
             models.append(model)
-        return cls(recipe, tuple(manifest["features"]), manifest["aggregation"], models)
+        return cls(recipe, tuple(manifest["features"]), manifest["aggregation"], models,
+                   tuple(entry["weights_sha256"] for entry in manifest["shards"]))
 
     def featurize(self, raw: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(featurize(raw, self.recipe.model))
 
     @torch.no_grad()
+    def model_logits(self, k: int, x: torch.Tensor) -> np.ndarray:
+        """(n, n_classes) float64 logits of shard model k."""
+        torch.set_num_threads(1)
+        return self.models[k](x).double().numpy()
+
     def shard_logits(self, x: torch.Tensor) -> np.ndarray:
         """(n_shards, n, n_classes) float64 logits of every shard model."""
-        torch.set_num_threads(1)
-        return np.stack([m(x).double().numpy() for m in self.models])
+        return np.stack([self.model_logits(k, x) for k in range(len(self.models))])
 
     def predict_proba(self, raw: np.ndarray) -> np.ndarray:
         return aggregate(self.shard_logits(self.featurize(raw)), self.aggregation)
+
+
+class LogitCache:
+    """Each shard model's logits on the rows of a data file, kept from one audit to the next.
+
+    `oblivio serve` audits after every erasure, and an erasure retrains a shard or two of
+    S: the other models, and the files they score, are unchanged, and so are their
+    logits. An entry is keyed by the file's content hash, the rows taken from it and the
+    model's weights hash, so a changed file or model is never answered from here. After
+    each audit only the entries it used are kept (`keep_only_used`): logits of erased rows
+    do not outlive the audit that follows their erasure.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict = {}
+        self._used: dict = {}
+
+    def scored(self, path: Path, rows: str, ensemble: Ensemble, read: Callable[[], tuple[np.ndarray, np.ndarray]]
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(label indices, logits (n_shards, n, n_classes)) of the rows `read()` gives as (raw features,
+        label indices); `rows` names which rows of the file those are."""
+        with open(path, "rb") as f:
+            key = (hashlib.file_digest(f, "sha256").hexdigest(), rows)
+        labels = self._kept.get(key)
+        logits = [self._kept.get((*key, digest)) for digest in ensemble.digests]
+        if labels is None or any(lg is None for lg in logits):
+            raw, labels = read()
+            x = ensemble.featurize(raw)
+            logits = [ensemble.model_logits(k, x) if lg is None else lg for k, lg in enumerate(logits)]
+        self._used[key] = labels
+        self._used.update({(*key, digest): lg for digest, lg in zip(ensemble.digests, logits)})
+        return labels, np.stack(logits)
+
+    def keep_only_used(self) -> None:
+        self._kept, self._used = self._used, {}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from oblivio import lineage, tracking
 from oblivio.data.columns import RECORD_KEY, SHARD, SLICE, SUBJECT_KEY
-from oblivio.data.sharding import DatasetWriter, Spill, rewrite_partition
+from oblivio.data.sharding import DatasetWriter, Spill, rewrite_partition, shard_path
 from oblivio.errors import RequestError
 from oblivio.faults import crash_point
 from oblivio.intake import unknown_ids
@@ -128,7 +128,7 @@ def apply(root: Path, batch: dict) -> dict:
         erased = (ledger.tombstones(), ledger.record_tombstones())
     finally:
         ledger.close()
-    files = [(k, ws.shards_dir / f"shard={k}" / "part.parquet") for k in range(ws.params.sisa.shards)]
+    files = [(k, shard_path(ws.shards_dir, k)) for k in range(ws.params.sisa.shards)]
     files.append((HOLDOUT, ws.holdout_path))
     rewritten, removed = [], []
     for k, path in files:

@@ -25,7 +25,7 @@ from oblivio.data.columns import RECORD_KEY, SLICE, SUBJECT_KEY
 from oblivio.data.sharding import DatasetWriter, Spill, place, read_holdout, read_shard
 from oblivio.data.sources import BATCH_ROWS, TableSource, open_source
 from oblivio.data.validate import TableValidation, check_columns, numpy_numeric
-from oblivio.ensemble import MANIFEST, Ensemble, aggregate, shard_file
+from oblivio.ensemble import MANIFEST, Ensemble, LogitCache, aggregate, shard_file
 from oblivio.errors import DataError, IntegrityError
 from oblivio.keys import keyed_int, record_key, subject_key
 from oblivio.training.nets import featurize, input_width
@@ -355,13 +355,17 @@ def accuracy_report(proba: np.ndarray, y: np.ndarray, labels: list) -> dict:
     return {"accuracy": float((pred == y).mean()), "per_class_accuracy": per_class, "n_eval": int(len(y))}
 
 
+# Kept by the process between audits: `oblivio serve` audits after every erasure, and
+# most shard models and partitions have not changed since the last one (see LogitCache).
+AUDIT_LOGITS = LogitCache()
+
+
 def evaluate(root: Path, baseline: dict | None = None) -> dict:
     """The audit: held-out utility (ensemble, shards, baseline) and the membership-inference
     attacks; writes reports/metrics.json and the MIA report and ROC plot."""
     ws = Workspace(root)
     ensemble = Ensemble.load(ws.models_dir)
-    raw, y = holdout_arrays(ws)
-    logits = ensemble.shard_logits(ensemble.featurize(raw))
+    y, logits = AUDIT_LOGITS.scored(ws.holdout_path, "all", ensemble, lambda: holdout_arrays(ws))
     labels = list(ws.params.data.label_domain)
     metrics = accuracy_report(aggregate(logits, ensemble.aggregation), y, labels)
     metrics["shard_accuracy"] = [float((lg.argmax(1) == y).mean()) for lg in logits]
@@ -371,12 +375,14 @@ def evaluate(root: Path, baseline: dict | None = None) -> dict:
         import torch
 
         with torch.no_grad():
-            base_logits = model(ensemble.featurize(raw)).double().numpy()
+            base_logits = model(ensemble.featurize(holdout_arrays(ws)[0])).double().numpy()
         metrics["baseline_accuracy"] = float((base_logits.argmax(1) == y).mean())
     cols = ws.params.data.columns
     mia = membership_audit(ensemble=ensemble, holdout=(logits, y), shards_dir=ws.shards_dir,
                            n_shards=ws.params.sisa.shards, features=list(cols.features), label=cols.label,
-                           labels=labels, reports_dir=ws.reports_dir, forget=quarantined(ws), seed=ws.params.seed)
+                           labels=labels, reports_dir=ws.reports_dir, forget=quarantined(ws), seed=ws.params.seed,
+                           cache=AUDIT_LOGITS)
+    AUDIT_LOGITS.keep_only_used()
     metrics["mia"] = headline(mia)
     if ensemble.recipe.dp is not None:
         metrics["dp"] = privacy_report(ws, ensemble.recipe.dp)

@@ -16,9 +16,11 @@ import pandas as pd
 
 from oblivio.audit.mia import evaluate_attack, logit_margin, probability_margin, shard_lira
 from oblivio.audit.roc_plot import plot_roc
-from oblivio.data.columns import RECORD_KEY, SHARD, SUBJECT_KEY
-from oblivio.data.sharding import read_shard
-from oblivio.ensemble import Ensemble, aggregate
+import pyarrow.parquet as pq
+
+from oblivio.data.columns import RECORD_KEY, SUBJECT_KEY
+from oblivio.data.sharding import read_shard, shard_path
+from oblivio.ensemble import Ensemble, LogitCache, aggregate
 
 REPORT = "mia.json"
 ROC_PLOT = "mia_roc.svg"
@@ -40,19 +42,21 @@ def _margins(ensemble: Ensemble, raw: np.ndarray, y: np.ndarray) -> tuple[np.nda
 
 def membership_audit(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarray], shards_dir: Path,
                      n_shards: int, features: list[str], label: str, labels: list, reports_dir: Path,
-                     forget: pd.DataFrame | None = None, seed: int = 0) -> dict:
+                     forget: pd.DataFrame | None = None, seed: int = 0, cache: LogitCache | None = None) -> dict:
     """Attack the ensemble and every shard model; returns the summary the gates read.
 
     `holdout`: every shard model's logits (S, n, classes) on the held-out rows and their
     label indices, which the accuracy report has just computed. `forget`: rows just erased
-    (still quarantined); they must now score like non-members.
+    (still quarantined); they must now score like non-members. `cache`: logits kept from
+    earlier audits in this process (members' logits are looked up there, and added).
     """
     index = {v: i for i, v in enumerate(labels)}
 
     def arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         return frame[features].to_numpy(np.float64), frame[label].map(index).to_numpy(np.int64)
 
-    train_shard_m, train_ens_m, member_of, n_train = _member_margins(ensemble, shards_dir, n_shards, arrays)
+    train_shard_m, train_ens_m, member_of, n_train = _member_margins(ensemble, shards_dir, n_shards, arrays,
+                                                                     cache or LogitCache())
     hold_shard_m, hold_ens_m = _margins_of(*holdout, ensemble.aggregation)
     shards = shard_lira(margins=train_shard_m, member_of=member_of, holdout_margins=hold_shard_m, seed=seed)
     sampled = (f"members are a sample: {len(train_ens_m):,} of {n_train:,} training records (at most "
@@ -81,22 +85,24 @@ def membership_audit(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarra
     return summary
 
 
-def _member_margins(ensemble: Ensemble, shards_dir: Path, n_shards: int, arrays
+def _member_margins(ensemble: Ensemble, shards_dir: Path, n_shards: int, arrays, cache: LogitCache
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(per-shard margins, ensemble margins, owning shard) of the members, and how many records trained.
 
-    Partitions are read one at a time and only the margins of their members are kept.
+    Partitions are read one at a time (unless `cache` has their logits) and only their members are kept.
     """
     shard_m, ens_m, owner, n_train = [], [], [], 0
+    cap = MIA_MEMBERS // n_shards
     for k in range(n_shards):
-        part = read_shard(shards_dir, k)
-        n_train += len(part)
-        members = _sample(part, MIA_MEMBERS // n_shards)
-        if len(members):
-            m, e = _margins(ensemble, *arrays(members))
+        path = shard_path(shards_dir, k)
+        n_train += pq.ParquetFile(path).metadata.num_rows
+        y, logits = cache.scored(path, f"members (at most {cap})", ensemble,
+                                 lambda: arrays(_sample(read_shard(shards_dir, k), cap)))
+        if len(y):
+            m, e = _margins_of(logits, y, ensemble.aggregation)
             shard_m.append(m)
             ens_m.append(e)
-            owner.append(members[SHARD].to_numpy())
+            owner.append(np.full(len(y), k))
     return np.concatenate(shard_m), np.concatenate(ens_m), np.concatenate(owner), n_train
 
 

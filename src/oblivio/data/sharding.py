@@ -104,9 +104,9 @@ class DatasetWriter:
     def write_shard(self, k: int, rows: pd.DataFrame) -> None:
         """Shard k's partition, rows ordered by slice then record key."""
         part = rows.sort_values([SLICE, RECORD_KEY], kind="stable").reset_index(drop=True)
-        dest = self.staging / "shards" / f"shard={k}" / "part.parquet"
+        dest = shard_path(self.staging / "shards", k)
         dest.parent.mkdir()
-        old = self.shards_dir / f"shard={k}" / "part.parquet"
+        old = shard_path(self.shards_dir, k)
         if old.exists() and _same_rows(old, part):
             shutil.copy2(old, dest)
         else:
@@ -205,8 +205,12 @@ def _same_rows(path: Path, df: pd.DataFrame) -> bool:
     return old.shape == df.shape and list(old.columns) == list(df.columns) and old.equals(df)
 
 
+def shard_path(shards_dir: Path, shard: int) -> Path:
+    return shards_dir / f"shard={shard}" / "part.parquet"
+
+
 def read_shard(shards_dir: Path, shard: int, columns: list[str] | None = None) -> pd.DataFrame:
-    return pq.read_table(shards_dir / f"shard={shard}" / "part.parquet", columns=columns).to_pandas()
+    return pq.read_table(shard_path(shards_dir, shard), columns=columns).to_pandas()
 
 
 def read_holdout(holdout_path: Path) -> pd.DataFrame:
