@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from uuid import UUID
 
+from oblivio.errors import OblivioError
 from oblivio.workspace import Workspace
 
 POLL_SECONDS = 0.1  # a read on a local API: it answers in milliseconds and writes nothing
@@ -22,18 +23,27 @@ POLL_SECONDS = 0.1  # a read on a local API: it answers in milliseconds and writ
 
 def warm_up(ws: Workspace) -> None:
     """Load what the first erasure would otherwise load lazily (about 3 s on 2 cores): the
-    MLflow store, `mlflow gc`, DVC's repository code, MLflow's map of installed packages
-    (which `log_model` builds on first use to check the model's requirements), and the
-    parts of torch that the first optimiser step imports."""
-    import dvc.repo  # noqa: F401
+    MLflow store, `mlflow gc`, the workspace's DVC pipeline, MLflow's map of installed
+    packages (which `log_model` builds on first use to check the model's requirements) and
+    its run context (git), pyarrow's dataset layer, the parts of torch that the first
+    optimiser step imports, and the audit's inputs and logits for the published models."""
     import mlflow.cli  # noqa: F401  (`mlflow gc`)
     import mlflow.pyfunc  # noqa: F401
+    import pyarrow.dataset  # noqa: F401  (`pq.read_table`)
     import torch
+    from mlflow.tracking.context.registry import resolve_tags
     from mlflow.utils import requirements_utils
 
-    from oblivio import tracking
+    from oblivio import lineage, pipeline, tracking
 
     tracking.ensure_experiment(ws.mlflow)
+    lineage.load_pipeline(ws.root)
+    try:
+        pipeline.prime_audit(ws.root)
+    except (OblivioError, OSError) as err:  # a run replaced the models meanwhile: the first audit primes itself
+        print(f"oblivio serve: audit cache not primed ({type(err).__name__}); the first erasure fills it",
+              file=sys.stderr, flush=True)
+    resolve_tags()  # each context provider caches what it found (the git lookup imports GitPython)
     build_map = getattr(requirements_utils, "_init_modules_to_packages_map", None)  # private; skipped if renamed
     if build_map is not None:
         build_map()

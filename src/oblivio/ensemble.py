@@ -73,15 +73,16 @@ class Ensemble:
         return aggregate(self.shard_logits(self.featurize(raw)), self.aggregation)
 
 
-class LogitCache:
-    """Each shard model's logits on the rows of a data file, kept from one audit to the next.
+class AuditCache:
+    """The model inputs of a data file's rows, and each shard model's logits on them, kept
+    from one audit to the next.
 
-    `oblivio serve` audits after every erasure, and an erasure retrains a shard or two of
-    S: the other models, and the files they score, are unchanged, and so are their
-    logits. An entry is keyed by the file's content hash, the rows taken from it and the
-    model's weights hash, so a changed file or model is never answered from here. After
-    each audit only the entries it used are kept (`keep_only_used`): logits of erased rows
-    do not outlive the audit that follows their erasure.
+    `oblivio serve` audits after every erasure, and an erasure rewrites a partition or two
+    and retrains their shards: the other files, the other models, and so their logits, are
+    unchanged. Inputs are keyed by the file's content hash, the rows taken from it and the
+    featurization; logits also by the model's weights hash, so a changed file or model is
+    never answered from here. After each audit only the entries it used are kept
+    (`keep_only_used`): nothing of erased rows outlives the audit that follows their erasure.
     """
 
     def __init__(self) -> None:
@@ -93,19 +94,23 @@ class LogitCache:
         """(label indices, logits (n_shards, n, n_classes)) of the rows `read()` gives as (raw features,
         label indices); `rows` names which rows of the file those are."""
         with open(path, "rb") as f:
-            key = (hashlib.file_digest(f, "sha256").hexdigest(), rows)
-        labels = self._kept.get(key)
-        logits = [self._kept.get((*key, digest)) for digest in ensemble.digests]
-        if labels is None or any(lg is None for lg in logits):
-            raw, labels = read()
-            x = ensemble.featurize(raw)
-            logits = [ensemble.model_logits(k, x) if lg is None else lg for k, lg in enumerate(logits)]
-        self._used[key] = labels
-        self._used.update({(*key, digest): lg for digest, lg in zip(ensemble.digests, logits)})
-        return labels, np.stack(logits)
+            key = (hashlib.file_digest(f, "sha256").hexdigest(), rows, ensemble.recipe.model)
+        x, labels = self._entry(key, lambda: _featurized(ensemble, *read()))
+        return labels, np.stack([self._entry((*key, digest), lambda k=k: ensemble.model_logits(k, x))
+                                 for k, digest in enumerate(ensemble.digests)])
+
+    def _entry(self, key: tuple, make: Callable):
+        if key not in self._kept:
+            self._kept[key] = make()
+        self._used[key] = self._kept[key]
+        return self._used[key]
 
     def keep_only_used(self) -> None:
         self._kept, self._used = self._used, {}
+
+
+def _featurized(ensemble: Ensemble, raw: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    return ensemble.featurize(raw), labels
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -39,6 +39,12 @@ def _commit_and_push(repo, stages: list[str]) -> None:
     repo.push()
 
 
+def load_pipeline(root: Path) -> None:
+    """Open the repository and read its pipeline (dvc.yaml, dvc.lock), changing nothing: what
+    a long-lived process calls once so that its first commit does not load DVC's modules."""
+    _with_repo(root, "status", lambda repo: repo.index)
+
+
 def garbage_collect(root: Path) -> None:
     """Drop every cache and remote object the current workspace does not reference.
 

@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from oblivio.audit.membership import headline, membership_audit
+from oblivio.audit.membership import headline, membership_audit, score_members
 from oblivio.data.columns import RECORD_KEY, SLICE, SUBJECT_KEY
 from oblivio.data.sharding import DatasetWriter, Spill, place, read_holdout, read_shard
 from oblivio.data.sources import BATCH_ROWS, TableSource, open_source
 from oblivio.data.validate import TableValidation, check_columns, numpy_numeric
-from oblivio.ensemble import MANIFEST, Ensemble, LogitCache, aggregate, shard_file
+from oblivio.ensemble import MANIFEST, AuditCache, Ensemble, aggregate, shard_file
 from oblivio.errors import DataError, IntegrityError
 from oblivio.keys import keyed_int, record_key, subject_key
 from oblivio.training.nets import featurize, input_width
@@ -356,8 +356,22 @@ def accuracy_report(proba: np.ndarray, y: np.ndarray, labels: list) -> dict:
 
 
 # Kept by the process between audits: `oblivio serve` audits after every erasure, and
-# most shard models and partitions have not changed since the last one (see LogitCache).
-AUDIT_LOGITS = LogitCache()
+# most shard models and partitions have not changed since the last one (see AuditCache).
+AUDIT_CACHE = AuditCache()
+
+
+def prime_audit(root: Path) -> None:
+    """Score the published models' holdout and member samples into AUDIT_CACHE, so that a
+    long-lived process's first audit is as quick as its next ones. Writes nothing."""
+    ws = Workspace(root)
+    if not ws.manifest_path.exists():
+        return
+    ensemble = Ensemble.load(ws.models_dir)
+    AUDIT_CACHE.scored(ws.holdout_path, "all", ensemble, lambda: holdout_arrays(ws))
+    cols = ws.params.data.columns
+    score_members(ensemble, shards_dir=ws.shards_dir, n_shards=ws.params.sisa.shards, features=list(cols.features),
+                  label=cols.label, labels=list(ws.params.data.label_domain), cache=AUDIT_CACHE)
+    AUDIT_CACHE.keep_only_used()
 
 
 def evaluate(root: Path, baseline: dict | None = None) -> dict:
@@ -365,7 +379,7 @@ def evaluate(root: Path, baseline: dict | None = None) -> dict:
     attacks; writes reports/metrics.json and the MIA report and ROC plot."""
     ws = Workspace(root)
     ensemble = Ensemble.load(ws.models_dir)
-    y, logits = AUDIT_LOGITS.scored(ws.holdout_path, "all", ensemble, lambda: holdout_arrays(ws))
+    y, logits = AUDIT_CACHE.scored(ws.holdout_path, "all", ensemble, lambda: holdout_arrays(ws))
     labels = list(ws.params.data.label_domain)
     metrics = accuracy_report(aggregate(logits, ensemble.aggregation), y, labels)
     metrics["shard_accuracy"] = [float((lg.argmax(1) == y).mean()) for lg in logits]
@@ -381,8 +395,8 @@ def evaluate(root: Path, baseline: dict | None = None) -> dict:
     mia = membership_audit(ensemble=ensemble, holdout=(logits, y), shards_dir=ws.shards_dir,
                            n_shards=ws.params.sisa.shards, features=list(cols.features), label=cols.label,
                            labels=labels, reports_dir=ws.reports_dir, forget=quarantined(ws), seed=ws.params.seed,
-                           cache=AUDIT_LOGITS)
-    AUDIT_LOGITS.keep_only_used()
+                           cache=AUDIT_CACHE)
+    AUDIT_CACHE.keep_only_used()
     metrics["mia"] = headline(mia)
     if ensemble.recipe.dp is not None:
         metrics["dp"] = privacy_report(ws, ensemble.recipe.dp)

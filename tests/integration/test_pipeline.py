@@ -96,6 +96,26 @@ def test_second_run_reuses_every_checkpoint(trained):
     assert [s["weights_sha256"] for s in second["shards"]] == [s["weights_sha256"] for s in first["shards"]]
 
 
+def test_a_primed_audit_scores_nothing_again_and_reports_the_same(trained, tmp_path, monkeypatch):
+    """`serve` primes the audit cache when it starts (`prime_audit`): its first audit must then
+    run no model again and report exactly what an audit from nothing reports."""
+    import shutil
+
+    from oblivio import pipeline
+    from oblivio.ensemble import AuditCache, Ensemble
+
+    ws = tmp_path / "copy"
+    shutil.copytree(trained[0], ws)  # evaluate rewrites reports/: the module's workspace stays as the run left it
+    monkeypatch.setattr(pipeline, "AUDIT_CACHE", AuditCache())
+    cold = pipeline.evaluate(ws)
+    monkeypatch.setattr(pipeline, "AUDIT_CACHE", AuditCache())
+    pipeline.prime_audit(ws)
+    scored, original = [], Ensemble.model_logits
+    monkeypatch.setattr(Ensemble, "model_logits", lambda self, k, x: scored.append(k) or original(self, k, x))
+    assert pipeline.evaluate(ws) == cold
+    assert scored == []
+
+
 def test_bad_data_changes_nothing(trained):
     """A failing validation leaves the data version, models and registry as they were."""
     ws, _ = trained

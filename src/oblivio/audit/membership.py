@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from oblivio.data.columns import RECORD_KEY, SUBJECT_KEY
 from oblivio.data.sharding import read_shard, shard_path
-from oblivio.ensemble import Ensemble, LogitCache, aggregate
+from oblivio.ensemble import AuditCache, Ensemble, aggregate
 
 REPORT = "mia.json"
 ROC_PLOT = "mia_roc.svg"
@@ -42,21 +42,19 @@ def _margins(ensemble: Ensemble, raw: np.ndarray, y: np.ndarray) -> tuple[np.nda
 
 def membership_audit(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarray], shards_dir: Path,
                      n_shards: int, features: list[str], label: str, labels: list, reports_dir: Path,
-                     forget: pd.DataFrame | None = None, seed: int = 0, cache: LogitCache | None = None) -> dict:
+                     forget: pd.DataFrame | None = None, seed: int = 0, cache: AuditCache | None = None) -> dict:
     """Attack the ensemble and every shard model; returns the summary the gates read.
 
     `holdout`: every shard model's logits (S, n, classes) on the held-out rows and their
     label indices, which the accuracy report has just computed. `forget`: rows just erased
-    (still quarantined); they must now score like non-members. `cache`: logits kept from
-    earlier audits in this process (members' logits are looked up there, and added).
+    (still quarantined); they must now score like non-members. `cache`: inputs and logits
+    kept from earlier audits in this process (the members' are looked up there, and added).
     """
-    index = {v: i for i, v in enumerate(labels)}
-
-    def arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        return frame[features].to_numpy(np.float64), frame[label].map(index).to_numpy(np.int64)
-
-    train_shard_m, train_ens_m, member_of, n_train = _member_margins(ensemble, shards_dir, n_shards, arrays,
-                                                                     cache or LogitCache())
+    scored, n_train = score_members(ensemble, shards_dir=shards_dir, n_shards=n_shards, features=features,
+                                    label=label, labels=labels, cache=cache or AuditCache())
+    margins = [(k, *_margins_of(logits, y, ensemble.aggregation)) for k, y, logits in scored if len(y)]
+    train_shard_m, train_ens_m = np.concatenate([m for _, m, _ in margins]), np.concatenate([e for _, _, e in margins])
+    member_of = np.concatenate([np.full(len(e), k) for k, _, e in margins])
     hold_shard_m, hold_ens_m = _margins_of(*holdout, ensemble.aggregation)
     shards = shard_lira(margins=train_shard_m, member_of=member_of, holdout_margins=hold_shard_m, seed=seed)
     sampled = (f"members are a sample: {len(train_ens_m):,} of {n_train:,} training records (at most "
@@ -74,7 +72,7 @@ def membership_audit(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarra
         "notes": sorted({n for r in results for n in r.notes}),
     }
     if forget is not None and len(forget):
-        _, forget_m = _margins(ensemble, *arrays(forget))
+        _, forget_m = _margins(ensemble, *_arrays(forget, features, label, labels))
         erased = evaluate_attack(attack="population/forget-set", member_scores=forget_m,
                                  nonmember_scores=hold_ens_m, seed=seed, member_groups=forget[SUBJECT_KEY].to_numpy())
         summary["forget_set"] = {**erased.to_json(), "n_subjects": int(forget[SUBJECT_KEY].nunique())}
@@ -85,25 +83,26 @@ def membership_audit(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarra
     return summary
 
 
-def _member_margins(ensemble: Ensemble, shards_dir: Path, n_shards: int, arrays, cache: LogitCache
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(per-shard margins, ensemble margins, owning shard) of the members, and how many records trained.
-
-    Partitions are read one at a time (unless `cache` has their logits) and only their members are kept.
-    """
-    shard_m, ens_m, owner, n_train = [], [], [], 0
+def score_members(ensemble: Ensemble, *, shards_dir: Path, n_shards: int, features: list[str], label: str,
+                  labels: list, cache: AuditCache) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], int]:
+    """Per shard: (index, label indices, every shard model's logits) of its members; and how
+    many records trained. Partitions are read one at a time (unless `cache` holds them) and
+    only their members are kept."""
+    scored, n_train = [], 0
     cap = MIA_MEMBERS // n_shards
     for k in range(n_shards):
         path = shard_path(shards_dir, k)
         n_train += pq.ParquetFile(path).metadata.num_rows
         y, logits = cache.scored(path, f"members (at most {cap})", ensemble,
-                                 lambda: arrays(_sample(read_shard(shards_dir, k), cap)))
-        if len(y):
-            m, e = _margins_of(logits, y, ensemble.aggregation)
-            shard_m.append(m)
-            ens_m.append(e)
-            owner.append(np.full(len(y), k))
-    return np.concatenate(shard_m), np.concatenate(ens_m), np.concatenate(owner), n_train
+                                 lambda: _arrays(_sample(read_shard(shards_dir, k), cap), features, label, labels))
+        scored.append((k, y, logits))
+    return scored, n_train
+
+
+def _arrays(frame: pd.DataFrame, features: list[str], label: str, labels: list) -> tuple[np.ndarray, np.ndarray]:
+    """(raw features, label indices) of the rows."""
+    index = {v: i for i, v in enumerate(labels)}
+    return frame[features].to_numpy(np.float64), frame[label].map(index).to_numpy(np.int64)
 
 
 def _sample(part: pd.DataFrame, cap: int) -> pd.DataFrame:

@@ -1,10 +1,10 @@
-"""LogitCache: logits kept between audits must equal recomputing them, whatever changed."""
+"""AuditCache: inputs and logits kept between audits must equal recomputing them, whatever changed."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from oblivio.ensemble import Ensemble, LogitCache
+from oblivio.ensemble import AuditCache, Ensemble
 from oblivio.training.nets import build_model
 from oblivio.training.sisa import Recipe, weights_digest
 
@@ -33,7 +33,7 @@ def rows(path, seed: int):
 
 
 def test_kept_logits_equal_recomputed_ones_and_only_changes_are_recomputed(tmp_path, monkeypatch):
-    cache, ensemble = LogitCache(), ensemble_of([1, 2, 3])
+    cache, ensemble = AuditCache(), ensemble_of([1, 2, 3])
     counter = CountingEnsemble(ensemble, monkeypatch)
     read_a = rows(tmp_path / "a.bin", 0)
     y, first = cache.scored(tmp_path / "a.bin", "all", ensemble, read_a)
@@ -46,15 +46,15 @@ def test_kept_logits_equal_recomputed_ones_and_only_changes_are_recomputed(tmp_p
     assert counter.runs == [] and (again_y == y).all() and (again == first).all()
     cache.keep_only_used()
 
-    retrained = ensemble_of([1, 9, 3])  # shard 1 retrained: only its logits are new
+    retrained = ensemble_of([1, 9, 3])  # shard 1 retrained: only its logits are new, on the kept inputs
     counter = CountingEnsemble(retrained, monkeypatch)
-    _, after = cache.scored(tmp_path / "a.bin", "all", retrained, read_a)
+    _, after = cache.scored(tmp_path / "a.bin", "all", retrained, lambda: pytest.fail("read although unchanged"))
     assert counter.runs == [1]
     np.testing.assert_array_equal(after, ensemble_of([1, 9, 3]).shard_logits(retrained.featurize(read_a()[0])))
 
 
 def test_a_changed_file_or_other_rows_are_read_again_and_unused_entries_dropped(tmp_path, monkeypatch):
-    cache, ensemble = LogitCache(), ensemble_of([1, 2])
+    cache, ensemble = AuditCache(), ensemble_of([1, 2])
     cache.scored(tmp_path / "a.bin", "all", ensemble, rows(tmp_path / "a.bin", 0))
     cache.keep_only_used()
     counter = CountingEnsemble(ensemble, monkeypatch)
