@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from oblivio.audit.mia import evaluate_attack, logit_margin, probability_margin, shard_lira
 from oblivio.audit.roc_plot import plot_roc
-import pyarrow.parquet as pq
-
 from oblivio.data.columns import RECORD_KEY, SUBJECT_KEY
 from oblivio.data.sharding import read_shard, shard_path
 from oblivio.ensemble import AuditCache, Ensemble, aggregate
