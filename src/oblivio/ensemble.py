@@ -93,11 +93,21 @@ class AuditCache:
                ) -> tuple[np.ndarray, np.ndarray]:
         """(label indices, logits (n_shards, n, n_classes)) of the rows `read()` gives as (raw features,
         label indices); `rows` names which rows of the file those are."""
+        key, x, labels = self._inputs(path, rows, ensemble, read)
+        return labels, np.stack([self._entry((*key, digest), lambda k=k: ensemble.model_logits(k, x))
+                                 for k, digest in enumerate(ensemble.digests)])
+
+    def inputs(self, path: Path, rows: str, ensemble: Ensemble, read: Callable[[], tuple[np.ndarray, np.ndarray]]
+               ) -> tuple[torch.Tensor, np.ndarray]:
+        """(model inputs, label indices) of the rows, as `scored` reads them: for a model outside the ensemble."""
+        return self._inputs(path, rows, ensemble, read)[1:]
+
+    def _inputs(self, path: Path, rows: str, ensemble: Ensemble, read: Callable
+                ) -> tuple[tuple, torch.Tensor, np.ndarray]:
         with open(path, "rb") as f:
             key = (hashlib.file_digest(f, "sha256").hexdigest(), rows, ensemble.recipe.model)
         x, labels = self._entry(key, lambda: _featurized(ensemble, *read()))
-        return labels, np.stack([self._entry((*key, digest), lambda k=k: ensemble.model_logits(k, x))
-                                 for k, digest in enumerate(ensemble.digests)])
+        return key, x, labels
 
     def _entry(self, key: tuple, make: Callable):
         if key not in self._kept:

@@ -389,7 +389,8 @@ def evaluate(root: Path, baseline: dict | None = None) -> dict:
         import torch
 
         with torch.no_grad():
-            base_logits = model(ensemble.featurize(holdout_arrays(ws)[0])).double().numpy()
+            x, _ = AUDIT_CACHE.inputs(ws.holdout_path, "all", ensemble, lambda: holdout_arrays(ws))  # read above
+            base_logits = model(x).double().numpy()
         metrics["baseline_accuracy"] = float((base_logits.argmax(1) == y).mean())
     cols = ws.params.data.columns
     mia = membership_audit(ensemble=ensemble, holdout=(logits, y), shards_dir=ws.shards_dir,

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import cli, cli_json, csv_workspace
+from helpers import cli, cli_json, csv_workspace, set_params
 
 pytestmark = pytest.mark.integration
 
@@ -94,6 +94,37 @@ def test_second_run_reuses_every_checkpoint(trained):
     assert second["model_version"] == first["model_version"] + 1
     assert second["gates"]["no_regression"]["passed"] is True
     assert [s["weights_sha256"] for s in second["shards"]] == [s["weights_sha256"] for s in first["shards"]]
+
+
+def test_baseline_accuracy_is_the_baseline_checkpoint_on_the_holdout(make_csv_workspace):
+    """The run's baseline figure (off in the other tests' workspaces, for time), recomputed from
+    the baseline's final checkpoint and the holdout file."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from oblivio import pipeline
+    from oblivio.training.nets import featurize
+    from oblivio.training.sisa import CheckpointStore, chain_keys, load_final_model, slice_commitments
+    from oblivio.workspace import Workspace
+
+    ws = make_csv_workspace()
+    set_params(ws, {"report": {"baseline": True}})
+    first = cli_json(ws, "run")
+    w = Workspace(ws)
+    rows = pd.concat([pq.read_table(p, columns=["_slice", "_record_key"]).to_pandas()
+                      for p in sorted(w.shards_dir.glob("shard=*/part.parquet"))]).sort_values(["_slice", "_record_key"])
+    recipe = pipeline.recipe_for(w)
+    final = chain_keys(recipe.digest(), pipeline.BASELINE,
+                       slice_commitments(tuple(rows["_record_key"]), rows["_slice"].to_numpy(), w.params.sisa.slices))[-1]
+    model = load_final_model(recipe, w.secret, pipeline.BASELINE, CheckpointStore(w.checkpoints_dir), final)
+    holdout = pq.read_table(w.holdout_path).to_pandas()
+    cols = w.params.data.columns
+    y = holdout[cols.label].map({v: i for i, v in enumerate(w.params.data.label_domain)}).to_numpy()
+    with torch.no_grad():
+        pred = model(torch.from_numpy(featurize(holdout[list(cols.features)].to_numpy(np.float64),
+                                                w.params.train.model))).argmax(1).numpy()
+    assert first["metrics"]["baseline_accuracy"] == float((pred == y).mean())
 
 
 def test_a_primed_audit_scores_nothing_again_and_reports_the_same(trained, tmp_path, monkeypatch):
