@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import oblivio  # noqa: F401  first: pins the numerics before numpy and torch load
 import pytest
 
 from flows.server import free_port, stop, wait_healthy

@@ -26,8 +26,11 @@ def _emit(result: dict, as_json: bool, human: str) -> None:
 def _workspace(args):
     from oblivio.workspace import Workspace
 
+    from oblivio import numerics
+
     ws = Workspace.find(Path(args.workspace) if args.workspace else None)
     _ = ws.params, ws.mlflow  # validate both files before anything starts
+    numerics.pin_process(ws.params.train.numerics)  # before torch and numpy load
     os.environ.update(ws.environment())
     _quiet_libraries()
     _ = ws.secret
@@ -258,9 +261,16 @@ def cmd_verify(args) -> int:
     from oblivio.verify import verify
 
     result = verify(ws.root, alias=args.alias, replay=args.replay)
-    human = "\n".join(f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" for c in result["checks"])
-    _emit(result, args.json, human + f"\n{'verified' if result['ok'] else 'VERIFICATION FAILED'}")
-    return 0 if result["ok"] else 3
+    mark = {True: "ok  ", False: "FAIL", None: "n/a "}
+    human = "\n".join(f"{mark[c['ok']]} {c['check']}: {c['detail']}" for c in result["checks"])
+    if not result["ok"]:
+        verdict, code = "VERIFICATION FAILED", 3
+    elif args.replay and not result["replayed"]:
+        verdict, code = "verified, except the replay: this machine cannot reproduce the recorded numerics", 4
+    else:
+        verdict, code = "verified", 0
+    _emit(result, args.json, f"{human}\n{verdict}")
+    return code
 
 
 def cmd_review(args) -> int:

@@ -51,6 +51,7 @@ class TrainParams:
     batch_size: int = 64
     lr: float = 0.002
     weight_decay: float = 0.0
+    numerics: str = "portable"  # portable (same bits on every AVX2 x86-64 CPU) | native (this CPU kind only)
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class Params:
 CHOICES = {
     "sisa.aggregation": ("mean_proba", "majority_vote"),
     "train.model": ("mlp", "cnn"),
+    "train.numerics": ("portable", "native"),
     "dp.accountant": ("prv", "rdp"),
     "dp.grad_sample_mode": ("ghost", "hooks"),
     "executor.kind": ("sequential", "thread", "process", "dask"),

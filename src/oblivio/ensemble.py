@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from oblivio.numerics import enter_torch
 from oblivio.training.nets import build_model, featurize
 from oblivio.training.sisa import Recipe, weights_digest
 
@@ -62,7 +63,7 @@ class Ensemble:
     @torch.no_grad()
     def model_logits(self, k: int, x: torch.Tensor) -> np.ndarray:
         """(n, n_classes) float64 logits of shard model k."""
-        torch.set_num_threads(1)
+        enter_torch()
         return self.models[k](x).double().numpy()
 
     def shard_logits(self, x: torch.Tensor) -> np.ndarray:

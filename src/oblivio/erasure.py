@@ -304,6 +304,8 @@ def certificate(ws: Workspace, req: Request, *, batch: dict, registered: dict, p
         "model_version": registered["model_version"], "promoted": promoted["promoted"],
         "promotion": promoted["decision"],
         "recipe_sha256": manifest["recipe_sha256"],
+        # what a replay needs besides the data and checkpoints: these kernels and library versions
+        "numerics": manifest["recipe"].get("numerics"),
         "commitments": {str(s["index"]): s["commitments"] for s in manifest["shards"]},
         "purge": purged,
         "files_rewritten": applied,

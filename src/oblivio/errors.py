@@ -36,6 +36,12 @@ class RequestError(OblivioError):
     """A deletion request is malformed or cannot be honoured."""
 
 
+class NumericsError(OblivioError):
+    """This process cannot reproduce the recorded weights bit for bit (other CPU path or library versions)."""
+
+    exit_code = 4
+
+
 class IntegrityError(OblivioError):
     """Recorded state contradicts itself (checkpoint, ledger or certificate mismatch)."""
 

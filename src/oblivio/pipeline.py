@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from oblivio import numerics
 from oblivio.audit.membership import headline, membership_audit, score_members
 from oblivio.data.columns import RECORD_KEY, SLICE, SUBJECT_KEY
 from oblivio.data.sharding import DatasetWriter, Spill, place, read_holdout, read_shard
@@ -30,7 +31,7 @@ from oblivio.errors import DataError, IntegrityError
 from oblivio.keys import keyed_int, record_key, subject_key
 from oblivio.training.nets import featurize, input_width
 from oblivio.training.sisa import (
-    CheckpointStore, Recipe, ShardData, fully_trained, load_final_model, train_shard, weights_digest,
+    CheckpointStore, Recipe, ShardData, chain_keys, fully_trained, load_final_model, train_shard, weights_digest,
 )
 from oblivio.unlearning.corrective import apply_corrections, corrections
 from oblivio.workspace import Workspace
@@ -175,7 +176,15 @@ def recipe_for(ws: Workspace) -> Recipe:
                   n_inputs=input_width(len(p.data.columns.features), p.train.model),
                   n_classes=len(p.data.label_domain), epochs_per_slice=p.train.epochs_per_slice,
                   batch_size=p.train.batch_size, lr=p.train.lr, weight_decay=p.train.weight_decay, seed=p.seed,
-                  dp=dp_spec(ws))
+                  dp=dp_spec(ws), numerics=numerics.current(p.train.numerics))
+
+
+def published_numerics(ws: Workspace) -> numerics.Numerics | None:
+    """The numerics the published models (and so the checkpoint chains they end) were made under."""
+    if not ws.manifest_path.exists():
+        return None
+    recorded = json.loads(ws.manifest_path.read_text())["recipe"].get("numerics")
+    return numerics.Numerics(**recorded) if recorded else None
 
 
 def _dp_calibration_key(ws: Workspace) -> str:
@@ -249,6 +258,9 @@ def train_one_shard(root: Path, k: int, progress: Progress | None = None, *, res
     """Train shard `k` from its last reusable checkpoint; its features are read only if a stage must train."""
     ws = Workspace(root)
     recipe, store = recipe_for(ws), CheckpointStore(ws.checkpoints_dir)
+    published = published_numerics(ws) if resume else None
+    if published is not None:  # the chains to extend may have been made elsewhere
+        numerics.require(published, f"extend shard {k}'s checkpoint chain", here=recipe.numerics)
     label = f"shard {k + 1}/{ws.params.sisa.shards}"
     keys = read_shard(ws.shards_dir, k, columns=[SLICE, RECORD_KEY])
     result = fully_trained(tuple(keys[RECORD_KEY].tolist()), keys[SLICE].to_numpy(np.int64), recipe=recipe,
@@ -283,6 +295,11 @@ def publish_models(root: Path, shard_results: list[dict]) -> dict:
     params = ws.params
     recipe = recipe_for(ws)
     ordered = sorted(shard_results, key=lambda r: r["index"])
+    for r in ordered:  # a worker with other numerics or versions keys its chain by another recipe
+        if r["chain"] != chain_keys(recipe.digest(), r["shard"], r["commitments"]):
+            raise IntegrityError(f"shard {r['index']} was trained under another recipe than this process's "
+                                 f"({recipe.numerics.describe() if recipe.numerics else 'no numerics recorded'}): "
+                                 "are the workers' torch/oneMKL versions or numerics mode the same as here?")
     manifest = {
         "recipe": json.loads(json.dumps(dataclasses.asdict(recipe))),
         "recipe_sha256": recipe.digest(),

@@ -144,8 +144,12 @@ class Workspace:
             yield
 
     def environment(self) -> dict[str, str]:
-        """Variables that keep Prefect, MLflow, DVC and GX local, quiet and offline."""
+        """Variables that keep Prefect, MLflow, DVC and GX local, quiet and offline, and that
+        pin every child process's numerics (see oblivio.numerics)."""
+        from oblivio import numerics
+
         return {
+            **numerics.environment(self.params.train.numerics),
             "PREFECT_HOME": str(self.prefect_home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",

@@ -23,10 +23,10 @@ DELTA = 1e-5
 # the recipe and data of tests/unit/test_sisa.py
 RECIPE = Recipe(model="mlp", hidden=(16,), n_inputs=6, n_classes=2, epochs_per_slice=2, batch_size=16,
                 lr=0.01, weight_decay=0.0, seed=7)
-# what that non-DP recipe gave *before* DP existed (sisa.py as it was, same machine kind, torch 2.13):
-# adding DP must change neither its digest (so no checkpoint key) nor a bit of its weights
+# the digest of that non-DP recipe *before* DP existed: adding DP must not change it (so no
+# checkpoint key). A digest is JSON hashed, the same on every machine; weights are not
+# pinned here (their bits depend on the CPU: see tests/unit/test_numerics.py).
 NON_DP_DIGEST = "3cff4e0501c973c91d6df79092282e0a96bdf69added116da9584806dd55fc0f"
-NON_DP_WEIGHTS = "8c660216b5e68a62c9e917aaa2bfefada498a871042f8c899e5e0f0ef2227894"
 
 
 def make_data(n: int = 120, seed: int = 0) -> ShardData:
@@ -176,7 +176,6 @@ def test_checkpoint_holds_a_plain_model_and_the_accountant(tmp_path, sigmas):
 def test_dp_changes_the_weights_and_a_non_dp_recipe_is_unchanged(tmp_path, sigmas):
     assert RECIPE.digest() == NON_DP_DIGEST
     plain = train(make_data(), tmp_path / "plain", RECIPE)
-    assert plain.weights_sha256 == NON_DP_WEIGHTS
     assert plain.epsilon is None and plain.dp_history is None
     state = CheckpointStore(tmp_path / "plain").load("shard-0", plain.chain[-1])
     assert set(state) == {"model", "optimizer", "stage"}

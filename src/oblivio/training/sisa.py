@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from oblivio import numerics
 from oblivio.faults import crash_point
 from oblivio.keys import derive_seed
 from oblivio.training.dp import DpSpec, DpTrainer, epsilon_of
@@ -46,15 +47,19 @@ class Recipe:
     weight_decay: float
     seed: int
     dp: DpSpec | None = None  # DP-SGD (Opacus) when set; see oblivio.training.dp
+    numerics: numerics.Numerics | None = None  # the kernels and library versions the bits depend on; see oblivio.numerics
 
     def __post_init__(self):
         if isinstance(self.dp, dict):  # a recipe read back from JSON (a models manifest)
             object.__setattr__(self, "dp", DpSpec(**self.dp))
+        if isinstance(self.numerics, dict):
+            object.__setattr__(self, "numerics", numerics.Numerics(**self.numerics))
 
     def digest(self) -> str:
         fields = dataclasses.asdict(self)
-        if fields["dp"] is None:
-            del fields["dp"]  # non-DP recipes keep the digests (and checkpoint keys) they had before DP existed
+        for optional in ("dp", "numerics"):
+            if fields[optional] is None:
+                del fields[optional]  # recipes without it keep the digests (and checkpoint keys) they had before it
         blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(f"oblivio-recipe-v1\n{blob}".encode()).hexdigest()
 
@@ -184,7 +189,9 @@ def train_shard(data: ShardData, *, recipe: Recipe, shard: str, n_slices: int, s
     `resume=False` ignores existing checkpoints (the from-scratch reference an erasure is
     measured against); it rewrites them with identical bits.
     """
-    torch.set_num_threads(1)  # bits then match across processes, and 2 cores are not oversubscribed
+    if recipe.numerics is not None:
+        numerics.require(recipe.numerics, f"train {shard}")
+    numerics.enter_torch()  # one thread: bits match across processes, and 2 cores are not oversubscribed
     began = time.perf_counter()
     commitments = slice_commitments(data.record_keys, data.slices, n_slices)
     chain = chain_keys(recipe.digest(), shard, commitments)
