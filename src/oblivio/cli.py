@@ -365,6 +365,23 @@ def _scenario_table(result: dict) -> str:
             + f"\ntraining {result['train_seconds']:.1f} s, corrective route {result['corrective_seconds']:.1f} s")
 
 
+def cmd_numerics(args) -> int:
+    """This machine's numerics, whether it can honour the pinned mode, and the variables for workers."""
+    from oblivio import numerics
+
+    mode = args.mode or numerics.requested_mode()
+    here = numerics.current(mode)
+    problems = numerics.machine_problems(mode)
+    result = {**here.to_json(), "can_honour": not problems, "problems": problems,
+              "environment": numerics.environment(mode)}
+    if args.env:
+        print("\n".join(f"export {k}={v!r}" for k, v in result["environment"].items()))
+    else:
+        _emit(result, args.json, f"{here.describe()}: " + ("can train and replay here" if not problems
+                                                             else "cannot honour it here: " + "; ".join(problems)))
+    return 0 if not problems else 4
+
+
 def cmd_stage(args) -> int:
     """One dvc.yaml stage, run without Prefect: what `dvc repro` calls."""
     ws = _workspace(args)
@@ -457,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", metavar="DIR", help="keep the scratch workspace in DIR instead of deleting it")
     _add_executor_options(p)
+
+    p = command("numerics", cmd_numerics, "this machine's pinned numerics (what every training process must "
+                "honour); --env prints the variables to start Dask workers with")
+    p.add_argument("--mode", choices=["portable", "native"], help="default: OBLIVIO_NUMERICS, else portable")
+    p.add_argument("--env", action="store_true", help="print `export` lines for workers started by hand")
 
     p = command("stage", cmd_stage, "run one dvc.yaml stage without Prefect (what `dvc repro` calls)")
     p.add_argument("stage", choices=["ingest", "train", "evaluate"])
