@@ -10,9 +10,9 @@ from tasks import pipeline as t
 
 @flow(name="oblivio-pipeline")
 def training_pipeline(root: str, n_shards: int, *, baseline: bool = True, from_scratch: bool = False,
-                      trigger: str = "manual") -> dict:
+                      trigger: str = "manual", reslice: bool = False) -> dict:
     began = time.perf_counter()
-    ingested = t.ingest(root)
+    ingested = t.ingest(root, reslice)
     shard_futures = [t.train_shard.submit(root, k, from_scratch) for k in range(n_shards)]
     baseline_future = t.train_baseline.submit(root, from_scratch) if baseline else None
     shards = [f.result() for f in shard_futures]

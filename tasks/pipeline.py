@@ -19,8 +19,8 @@ def progress(message: str) -> None:
 
 
 @task(name="ingest", cache_policy=NO_CACHE)
-def ingest(root: str) -> dict:
-    return pipeline.ingest(Path(root))
+def ingest(root: str, reslice: bool = False) -> dict:
+    return pipeline.ingest(Path(root), reslice=reslice)
 
 
 @task(name="version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)

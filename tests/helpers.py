@@ -86,3 +86,22 @@ def csv_workspace(root: Path, table: pd.DataFrame | None = None, **extra) -> Pat
                                      "columns": {"record_id": "rid", "subject_id": "person", "label": "y",
                                                  "features": ["a", "b", "c"]}}, **extra})
     return ws
+
+
+def marker_hits(ws: Path, marker: str, value: float) -> list[str]:
+    """Every file of the workspace holding `marker` (as bytes) or, in a Parquet table, `marker` or `value`."""
+    import pyarrow.parquet as pq
+
+    hits = []
+    for path in ws.rglob("*"):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if marker.encode() in data:
+            hits.append(str(path))
+        if data[:4] == b"PAR1":
+            table = pq.read_table(path).to_pandas()
+            as_text = table.astype(str)
+            if as_text.apply(lambda col: col.str.contains(marker)).any().any() or (table == value).any().any():
+                hits.append(f"{path} (table)")
+    return hits

@@ -79,7 +79,7 @@ def cmd_run(args) -> int:
         flow = training_pipeline.with_options(task_runner=_runner(ws, args))
         ready()
         result = flow(str(ws.root), ws.params.sisa.shards, from_scratch=args.from_scratch, trigger=args.trigger,
-                      baseline=ws.params.report.baseline and not args.no_baseline)
+                      baseline=ws.params.report.baseline and not args.no_baseline, reslice=args.reslice)
     result["model_name"] = ws.mlflow.model_name
     _timed(result, began)
     _emit(result, args.json, render_run_summary(result))
@@ -426,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("run", cmd_run, "run the pipeline: ingest, validate, version, train, audit, register, promote")
     p.add_argument("--from-scratch", action="store_true", help="ignore every checkpoint and retrain all slices")
+    p.add_argument("--reslice", action="store_true",
+                   help="place every record anew (sisa.placement), undoing what growth runs did to the slices' "
+                        "balance; the shards whose layout changes retrain from slice 1")
     _add_executor_options(p)
     p.add_argument("--no-baseline", action="store_true", help="skip the non-sharded comparison model")
     p.add_argument("--trigger", default="manual", help=argparse.SUPPRESS)

@@ -41,6 +41,7 @@ class SisaParams:
     shards: int = 8
     slices: int = 4
     aggregation: str = "mean_proba"  # mean_proba | majority_vote
+    placement: str = "subject"  # subject (a person's first records share one slice) | record (each record its own)
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class Params:
 
 CHOICES = {
     "sisa.aggregation": ("mean_proba", "majority_vote"),
+    "sisa.placement": ("subject", "record"),
     "train.model": ("mlp", "cnn"),
     "train.numerics": ("portable", "native"),
     "dp.accountant": ("prv", "rdp"),

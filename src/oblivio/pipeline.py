@@ -23,7 +23,9 @@ import pyarrow.parquet as pq
 from oblivio import numerics
 from oblivio.audit.membership import headline, membership_audit, score_members
 from oblivio.data.columns import RECORD_KEY, SLICE, SUBJECT_KEY
-from oblivio.data.sharding import DatasetWriter, Spill, place, read_holdout, read_shard
+from oblivio.data.sharding import (
+    DatasetWriter, Layout, Spill, place, read_holdout, read_layout, read_shard, settle_slices,
+)
 from oblivio.data.sources import BATCH_ROWS, TableSource, open_source
 from oblivio.data.validate import TableValidation, check_columns, numpy_numeric
 from oblivio.ensemble import MANIFEST, AuditCache, Ensemble, aggregate, shard_file
@@ -83,8 +85,13 @@ def tombstones(ws: Workspace) -> tuple[frozenset[str], frozenset[str]]:
         ledger.close()
 
 
-def ingest(root: Path, *, batch_rows: int = BATCH_ROWS) -> dict:
+def ingest(root: Path, *, batch_rows: int = BATCH_ROWS, reslice: bool = False) -> dict:
     """Load, drop erased people, validate, place in shards/slices, write partitions.
+
+    The previous partitions' layout is kept: each record keeps its slice, and records that
+    arrive now go to their shard's newest slice (`settle_slices`), so a growth run retrains
+    one stage per shard that received any. A new layout is made on the first ingest, when
+    `sisa.shards` or `sisa.slices` changed, or with `reslice` (a rebalance, and a full retrain).
 
     The source streams through in batches of `batch_rows`: each is checked, filtered,
     validated and placed, and its rows parked by shard (`Spill`); then each partition is
@@ -99,20 +106,27 @@ def ingest(root: Path, *, batch_rows: int = BATCH_ROWS) -> dict:
     keep = [cols.record_id, cols.subject_id, cols.label, *cols.features]
     validation = TableValidation(params.data)
     dropped = 0
+    previous = None if reslice else read_layout(ws.shards_dir)
+    wanted = Layout(shards=params.sisa.shards, slices=params.sisa.slices, placement=params.sisa.placement)
+    kept = previous is not None and (previous.shards, previous.slices) == (wanted.shards, wanted.slices)
+    layout = previous if kept else wanted
     with Spill(ws.state_dir) as spill:
         for batch, n in _batches(ws, source):
             dropped += n
             validation.add(batch)
             if len(batch):
-                spill.add(*place(batch[keep], cols, ws.secret, shards=params.sisa.shards, slices=params.sisa.slices,
-                                 holdout_fraction=params.data.holdout_fraction))
+                spill.add(*place(batch[keep], cols, ws.secret, shards=layout.shards, slices=layout.slices,
+                                 holdout_fraction=params.data.holdout_fraction, placement=layout.placement))
         summary = validation.finish()
         if not spill.train_rows or not spill.holdout_rows:
             raise DataError(f"After the holdout split, {'training' if not spill.train_rows else 'held-out'} data is "
                             f"empty ({spill.train_rows + spill.holdout_rows} rows). "
                             "Add data or change data.holdout_fraction.")
         with DatasetWriter(shards_dir=ws.shards_dir, holdout_path=ws.holdout_path) as out:
-            shards = [_write_shard(out, k, spill.shard(k), params.sisa.slices) for k in range(params.sisa.shards)]
+            shards = [_write_shard(out, k, spill.shard(k), layout.slices,
+                                   read_shard(ws.shards_dir, k, columns=[RECORD_KEY, SLICE]) if kept else None)
+                      for k in range(layout.shards)]
+            out.write_layout(layout)
             holdout_subjects = _write_holdout(out, spill.holdout())
             out.commit()
     calibration = calibrate_dp(ws, [s["stages"] for s in shards if s["rows"]])
@@ -125,6 +139,11 @@ def ingest(root: Path, *, batch_rows: int = BATCH_ROWS) -> dict:
         "n_dropped_tombstoned": dropped,
         "max_records_per_subject": max(s["max_per_subject"] for s in shards),
         "shard_sizes": [s["rows"] for s in shards],
+        "placement": {"layout": "kept" if kept else ("resliced" if reslice and previous else "new"),
+                      "rule": layout.placement, "records_arrived": sum(s["arrived"] for s in shards),
+                      "shards_grown": [k for k, s in enumerate(shards) if s["arrived"]],
+                      # how lopsided growth made the slices: the newest one's share of its shard, at worst
+                      "newest_slice_share": max(s["newest_share"] for s in shards)},
         "validation": summary,
     }
 
@@ -149,17 +168,20 @@ def _subject_ids(source: TableSource, column: str) -> Iterator[str]:
         yield from batch[column].astype(str).unique()
 
 
-def _write_shard(out: DatasetWriter, k: int, rows: pd.DataFrame, n_slices: int) -> dict:
-    """Write shard k; what the summary and the DP calibration need of it.
+def _write_shard(out: DatasetWriter, k: int, rows: pd.DataFrame, n_slices: int, placed: pd.DataFrame | None) -> dict:
+    """Write shard k, keeping the slices of the records `placed` (the previous partition) held;
+    what the summary and the DP calibration need of it.
 
     A person's rows all sit in one shard, so people can be counted shard by shard.
     """
     from oblivio.training.dp import stage_sizes
 
+    rows, arrived = settle_slices(rows, placed, n_slices)
     out.write_shard(k, rows)
     per_subject = rows.groupby(SUBJECT_KEY).size()
     return {"rows": len(rows), "subjects": len(per_subject), "stages": stage_sizes(rows[SLICE].to_numpy(), n_slices),
-            "max_per_subject": int(per_subject.max()) if len(per_subject) else 0}
+            "max_per_subject": int(per_subject.max()) if len(per_subject) else 0, "arrived": arrived,
+            "newest_share": float((rows[SLICE] == n_slices - 1).mean()) if len(rows) else 0.0}
 
 
 def _write_holdout(out: DatasetWriter, rows: pd.DataFrame) -> int:

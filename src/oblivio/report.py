@@ -80,14 +80,25 @@ def render_review(review: dict) -> str:
     return "\n".join(out) + "\n\n" + cand["description"]
 
 
+# A newest slice holding more than this share of its shard has taken most of the growth: each
+# growth run then retrains nearly the whole shard anyway, so a rebalance costs little more.
+LOPSIDED_SHARE = 0.5
+
+
 def render_run_summary(result: dict) -> str:
     """A few lines for the terminal at the end of `oblivio run`."""
     m = result["metrics"]
     base = f" vs {m['baseline_accuracy']:.4f} for one non-sharded model" if "baseline_accuracy" in m else ""
     gates = ", ".join(f"{n} {'ok' if g['passed'] else 'FAILED'}" for n, g in result["gates"].items())
+    placement = result.get("ingest", {}).get("placement", {})
+    grown = (f"; {placement['records_arrived']} new record(s) placed in the newest slice of shard(s) "
+             f"{placement['shards_grown']}" if placement.get("records_arrived") else "")
+    lopsided = placement.get("newest_slice_share", 0) > LOPSIDED_SHARE
     return "\n".join([
         f"data version {result['dataset_version'][:12]}: {result['n_records']} records of {result['n_subjects']} "
-        f"subjects in {result['n_shards']} shards x {result['n_slices']} slices",
+        f"subjects in {result['n_shards']} shards x {result['n_slices']} slices{grown}",
+        *([f"the newest slice holds {placement['newest_slice_share']:.0%} of a shard after growth: "
+           "`oblivio run --reslice` rebalances (that shard retrains in full)"] if lopsided else []),
         f"trained {result['slices_trained']} slice stage(s), reused {result['slices_reused']} from checkpoints",
         f"held-out accuracy {m['accuracy']:.4f}{base}",
         f"gates: {gates}",

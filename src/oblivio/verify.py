@@ -16,7 +16,7 @@ from pathlib import Path
 
 from oblivio import lineage, numerics, tracking
 from oblivio.data.columns import RECORD_KEY, SLICE, SUBJECT_KEY
-from oblivio.data.sharding import read_holdout, read_shard
+from oblivio.data.sharding import read_holdout, read_layout, read_shard
 from oblivio.ensemble import MANIFEST, Ensemble
 from oblivio.errors import IntegrityError, NumericsError, OblivioError
 from oblivio.ledger import Ledger
@@ -74,9 +74,13 @@ def verify(root: Path, *, alias: str = "champion", replay: int = 0) -> dict:
     finally:
         ledger.close()
     n_slices = manifest["n_slices"]
-    mismatched, leaked = [], 0
+    layout = read_layout(ws.shards_dir)
+    cols = ws.params.data.columns
+    mismatched, leaked, misplaced, newest = [], 0, 0, 0
     for entry in manifest["shards"]:
         part = read_shard(ws.shards_dir, entry["index"])
+        wrong, grown = _misplaced(part, layout, ws.secret, subject_col=cols.subject_id, record_col=cols.record_id)
+        misplaced, newest = misplaced + wrong, newest + grown
         commitments = slice_commitments(tuple(part[RECORD_KEY].tolist()), part[SLICE].to_numpy(), n_slices)
         chain = chain_keys(manifest["recipe_sha256"], entry["shard"], commitments)
         if commitments != entry["commitments"] or chain != entry["chain"]:
@@ -85,6 +89,10 @@ def verify(root: Path, *, alias: str = "champion", replay: int = 0) -> dict:
     _check(checks, "slice commitments", not mismatched,
            f"recomputed from the data for {len(manifest['shards'])} shards x {n_slices} slices"
            + (f"; mismatch in shard(s) {mismatched}" if mismatched else ": all match the registered manifest"))
+    _check(checks, "placement", misplaced == 0 and layout is not None,
+           f"every record in the slice its layout ({layout.placement if layout else 'none'}) gives it, or in the "
+           f"newest slice, where later arrivals go ({newest} there)" if not misplaced
+           else f"{misplaced} record(s) sit in a slice the layout does not give them")
     holdout = read_holdout(ws.holdout_path)
     leaked_holdout = int(holdout[SUBJECT_KEY].isin(erased_subjects).sum() + holdout[RECORD_KEY].isin(erased_records).sum())
     _check(checks, "erased records absent", leaked == 0 and leaked_holdout == 0,
@@ -97,6 +105,15 @@ def verify(root: Path, *, alias: str = "champion", replay: int = 0) -> dict:
     # a check that could not run here (ok None: replay on a machine of other numerics) fails nothing
     return {"ok": all(c["ok"] is not False for c in checks), "model_version": version, "alias": alias,
             "replayed": replay > 0 and all(c["ok"] is not None for c in checks), "checks": checks}
+
+
+def _misplaced(part, layout, secret: bytes, *, subject_col: str, record_col: str) -> tuple[int, int]:
+    """(records in a slice their layout does not give them, records in the newest slice)."""
+    if layout is None or not len(part):
+        return 0, 0
+    newest = part[SLICE].to_numpy() == layout.slices - 1
+    first = [layout.first_slice(secret, s, r) for s, r in zip(part[subject_col].astype(str), part[record_col].astype(str))]
+    return int(((part[SLICE].to_numpy() != first) & ~newest).sum()), int(newest.sum())
 
 
 def replay_stage(data: ShardData, *, recipe: Recipe, shard: str, stage: int, chain: list[str], secret: bytes,

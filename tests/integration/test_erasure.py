@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import TEST_SECRET, cli, cli_json, csv_workspace, set_params, synthetic_table
+from helpers import TEST_SECRET, cli, cli_json, csv_workspace, marker_hits, set_params, synthetic_table
 
 pytestmark = pytest.mark.integration
 MARKER = "zq-MARKER-7f3a9c"
@@ -99,19 +99,7 @@ def test_tombstone_keeps_the_person_out_of_the_next_ingest(erased):
 def test_no_copy_of_the_erased_person_remains_anywhere(erased):
     """Invariant 2: scan every file of the workspace (Parquet as tables, the rest as bytes)."""
     ws, _, _, _, _ = erased
-    hits = []
-    for path in ws.rglob("*"):
-        if not path.is_file():
-            continue
-        data = path.read_bytes()
-        if MARKER.encode() in data:
-            hits.append(str(path))
-        if data[:4] == b"PAR1":
-            table = pq.read_table(path).to_pandas()
-            as_text = table.astype(str)
-            if as_text.apply(lambda col: col.str.contains(MARKER)).any().any() or (table == MARKER_VALUE).any().any():
-                hits.append(f"{path} (table)")
-    assert hits == []
+    assert marker_hits(ws, MARKER, MARKER_VALUE) == []
 
 
 def test_certificate_and_registry_say_what_happened(erased):

@@ -13,7 +13,10 @@ import pytest
 from oblivio.config import Columns
 from oblivio.data import sharding
 from oblivio.data.columns import RECORD_KEY, SHARD, SLICE, SUBJECT_KEY
-from oblivio.data.sharding import Spill, place, read_holdout, read_shard, rewrite_partition, write_dataset
+from oblivio.data.sharding import (
+    LAYOUT_FILE, Layout, Spill, place, read_holdout, read_layout, read_shard, rewrite_partition, settle_slices,
+    write_dataset,
+)
 
 SECRET = bytes.fromhex("5e" * 32)
 COLUMNS = Columns(record_id="record_id", subject_id="subject_id", label="label", features=("f1", "f2"))
@@ -179,7 +182,7 @@ def snapshot(root: Path) -> dict[str, tuple[str, int]]:
 
 def write(root: Path, train: pd.DataFrame, holdout: pd.DataFrame) -> None:
     write_dataset(train, holdout, shards_dir=root / "data" / "shards",
-                  holdout_path=root / "data" / "holdout.parquet", shards=S)
+                  holdout_path=root / "data" / "holdout.parquet", layout=Layout(shards=S, slices=R, placement="subject"))
 
 
 def test_write_dataset_writes_every_partition_and_holdout(tmp_path: Path, placed) -> None:
@@ -187,7 +190,9 @@ def test_write_dataset_writes_every_partition_and_holdout(tmp_path: Path, placed
     write(tmp_path, train, holdout)
     data = tmp_path / "data"
     files = sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file())
-    assert files == ["holdout.parquet"] + [f"shards/shard={k}/part.parquet" for k in range(S)]
+    assert files == (["holdout.parquet", f"shards/{LAYOUT_FILE}"]
+                     + [f"shards/shard={k}/part.parquet" for k in range(S)])
+    assert read_layout(data / "shards") == Layout(shards=S, slices=R, placement="subject")
     # no staging or trash directories are left behind
     assert sorted(p.name for p in data.iterdir()) == ["holdout.parquet", "shards"]
     total = 0
@@ -360,3 +365,37 @@ def test_a_partition_joined_from_batches_has_the_bytes_of_one_frame(tmp_path: Pa
     sharding._write_table(rows, tmp_path / "one.parquet")
     sharding._write_table(joined, tmp_path / "joined.parquet")
     assert sha256(tmp_path / "one.parquet") == sha256(tmp_path / "joined.parquet")
+
+
+def test_subject_placement_puts_a_persons_records_in_one_slice_and_record_placement_spreads_them(frame) -> None:
+    by_subject, _ = place(frame, COLUMNS, SECRET, shards=S, slices=R, holdout_fraction=HOLDOUT)
+    assert by_subject.groupby(SUBJECT_KEY)[SLICE].nunique().max() == 1
+    assert set(by_subject[SLICE]) == set(range(R))
+    by_record, _ = place(frame, COLUMNS, SECRET, shards=S, slices=R, holdout_fraction=HOLDOUT, placement="record")
+    assert by_record.groupby(SUBJECT_KEY)[SLICE].nunique().max() > 1
+    assert by_record[SHARD].tolist() == by_subject[SHARD].tolist()  # the shard is the person's either way
+
+
+def test_records_that_arrive_later_go_to_the_newest_slice_and_the_others_keep_theirs(frame) -> None:
+    first = frame[frame["subject_id"] < "subj-0200"]
+    before, _ = place(first, COLUMNS, SECRET, shards=S, slices=R, holdout_fraction=HOLDOUT)
+    grown, _ = place(frame, COLUMNS, SECRET, shards=S, slices=R, holdout_fraction=HOLDOUT)
+    for k in range(S):
+        old = before[before[SHARD] == k][[RECORD_KEY, SLICE]]
+        rows, arrived = settle_slices(grown[grown[SHARD] == k], old, R)
+        new = ~rows[RECORD_KEY].isin(old[RECORD_KEY])
+        assert arrived == int(new.sum()) > 0
+        assert (rows.loc[new, SLICE] == R - 1).all()
+        kept = rows.loc[~new].set_index(RECORD_KEY)[SLICE]
+        assert kept.to_dict() == old.set_index(RECORD_KEY)[SLICE].to_dict()
+    unchanged, arrived = settle_slices(grown, None, R)  # a new layout: the slices `place` gave
+    assert arrived == 0 and unchanged[SLICE].tolist() == grown[SLICE].tolist()
+
+
+def test_partitions_without_a_layout_file_were_placed_record_by_record(tmp_path: Path, placed) -> None:
+    train, holdout = placed
+    write(tmp_path, train, holdout)
+    shards_dir = tmp_path / "data" / "shards"
+    (shards_dir / LAYOUT_FILE).unlink()
+    assert read_layout(shards_dir) == Layout(shards=S, slices=R, placement="record")
+    assert read_layout(tmp_path / "nothing-here") is None

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from oblivio import pipeline
-from oblivio.data.sharding import place, write_dataset
+from oblivio.data.sharding import Layout, place, write_dataset
 from oblivio.keys import record_key, subject_key
 from oblivio.data.sources import load_source
 from oblivio.data.validate import numpy_numeric
@@ -85,7 +85,8 @@ def whole_table_ingest(root: Path, erased: tuple[frozenset[str], frozenset[str]]
     keep = [cols.record_id, cols.subject_id, cols.label, *cols.features]
     train, holdout = place(df[keep], cols, ws.secret, shards=ws.params.sisa.shards, slices=ws.params.sisa.slices,
                            holdout_fraction=data.holdout_fraction)
-    write_dataset(train, holdout, shards_dir=ws.shards_dir, holdout_path=ws.holdout_path, shards=ws.params.sisa.shards)
+    layout = Layout(shards=ws.params.sisa.shards, slices=ws.params.sisa.slices, placement=ws.params.sisa.placement)
+    write_dataset(train, holdout, shards_dir=ws.shards_dir, holdout_path=ws.holdout_path, layout=layout)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

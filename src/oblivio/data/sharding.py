@@ -2,17 +2,24 @@
 
 - shard  = keyed hash of the *subject* mod S: all rows of one person share a shard,
            so erasing a person retrains one shard;
-- slice  = keyed hash of the *record* mod R: every record sits in exactly one slice
-           (no trailing rows left out), so a deletion names the first slice to retrain;
+- slice  = where the record was first placed, kept for good: at a workspace's first
+           ingest (or `run --reslice`) the keyed hash of the subject mod R (`sisa.placement:
+           subject`; `record` hashes each record alone); a record that arrives in a later
+           ingest goes to the newest slice R-1, so the slices before it, their commitments
+           and their checkpoints do not change and a growth run retrains one stage per shard.
+           The slice is stored in the partition row (`_slice`) and `placement.json` says how
+           the layout was made; a record's slice never depends on what else is in the table;
 - split  = keyed hash of the subject against `holdout_fraction`: no person is on both
            the training and the held-out side.
 Rows are sorted by their keyed record hash, so the order does not depend on the source.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -22,27 +29,80 @@ import pyarrow.parquet as pq
 from oblivio.config import Columns
 from oblivio.data.columns import RECORD_KEY, SHARD, SLICE, SUBJECT_KEY
 from oblivio.keys import keyed_int, record_key, subject_key
+
 HASH_SPACE = 2**64
+LAYOUT_FILE = "placement.json"  # inside the shards directory: versioned with the partitions
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the partitions' slices were assigned; growth ingests keep it, `--reslice` makes a new one."""
+
+    shards: int
+    slices: int
+    placement: str  # subject | record: the rule of the first placement (later arrivals: newest slice)
+
+    def first_slice(self, secret: bytes, subject_id: object, record_id: object) -> int:
+        """The slice a record gets when its layout is made."""
+        return keyed_int(secret, "slice", subject_id if self.placement == "subject" else record_id) % self.slices
+
+
+def read_layout(shards_dir: Path) -> Layout | None:
+    """The current partitions' layout; None when there are none. Partitions written before
+    layouts were recorded were placed record by record."""
+    path = shards_dir / LAYOUT_FILE
+    if path.exists():
+        return Layout(**json.loads(path.read_text()))
+    parts = sorted(shards_dir.glob("shard=*/part.parquet")) if shards_dir.exists() else []
+    if not parts:
+        return None
+    slices = max(int(pq.read_table(p, columns=[SLICE]).column(0).to_numpy().max(initial=0)) for p in parts) + 1
+    return Layout(shards=len(parts), slices=slices, placement="record")
+
+
+def settle_slices(rows: pd.DataFrame, placed: pd.DataFrame | None, n_slices: int) -> tuple[pd.DataFrame, int]:
+    """(rows with their final slice, how many arrived now): a record the previous partition
+    holds keeps its slice there; one it does not hold goes to the newest slice.
+
+    `placed`: the previous partition's (record key, slice) columns, or None when this ingest
+    makes a new layout (every row keeps the slice `place` gave it).
+    """
+    if placed is None:
+        return rows, 0
+    previous = pd.Series(placed[SLICE].to_numpy(), index=placed[RECORD_KEY].to_numpy())
+    kept = rows[RECORD_KEY].map(previous)
+    arrived = int(kept.isna().sum())
+    out = rows.copy()
+    out[SLICE] = kept.fillna(n_slices - 1).astype("int64").to_numpy()
+    return out, arrived
 
 
 def is_holdout(secret: bytes, subject_id: object, fraction: float) -> bool:
     return keyed_int(secret, "split", subject_id) < fraction * HASH_SPACE
 
 
-def place(df: pd.DataFrame, columns: Columns, secret: bytes, *, shards: int, slices: int, holdout_fraction: float
-          ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training rows with shard/slice/keys, held-out rows with keys), both sorted by record key."""
+def place(df: pd.DataFrame, columns: Columns, secret: bytes, *, shards: int, slices: int, holdout_fraction: float,
+          placement: str = "subject") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows with shard/slice/keys, held-out rows with keys), both sorted by record key.
+
+    The slice is the one a new layout gives (`Layout.first_slice`); `settle_slices` then keeps
+    the slice of every record the previous partitions already held.
+    """
+    layout = Layout(shards=shards, slices=slices, placement=placement)
     subjects = df[columns.subject_id].astype(str)
     records = df[columns.record_id].astype(str)
     uniq = subjects.unique()
     holdout_of = {s: is_holdout(secret, s, holdout_fraction) for s in uniq}
-    shard_of = {s: keyed_int(secret, "shard", s) % shards for s in uniq}
+    shard_of = {s: keyed_int(secret, "shard", s) % layout.shards for s in uniq}
     placed = df.copy()
     placed[SUBJECT_KEY] = subjects.map({s: subject_key(secret, s) for s in uniq})
     placed[RECORD_KEY] = [record_key(secret, r) for r in records]
     placed[SHARD] = subjects.map(shard_of).astype("int64")
-    placed[SLICE] = [keyed_int(secret, "slice", r) % slices for r in records]
-    placed[SLICE] = placed[SLICE].astype("int64")
+    if layout.placement == "subject":
+        slice_of = {s: layout.first_slice(secret, s, None) for s in uniq}
+        placed[SLICE] = subjects.map(slice_of).astype("int64")
+    else:
+        placed[SLICE] = pd.Series([layout.first_slice(secret, None, r) for r in records], index=df.index, dtype="int64")
     held = subjects.map(holdout_of).to_numpy(bool)
     train = placed[~held].sort_values(RECORD_KEY, kind="stable").reset_index(drop=True)
     holdout = placed[held].drop(columns=[SHARD, SLICE]).sort_values(RECORD_KEY, kind="stable").reset_index(drop=True)
@@ -59,11 +119,13 @@ def _write_table(df: pd.DataFrame, path: Path) -> None:
     pq.write_table(table, path, compression="zstd")
 
 
-def write_dataset(train: pd.DataFrame, holdout: pd.DataFrame, *, shards_dir: Path, holdout_path: Path, shards: int) -> None:
+def write_dataset(train: pd.DataFrame, holdout: pd.DataFrame, *, shards_dir: Path, holdout_path: Path,
+                  layout: Layout) -> None:
     """Replace the partitioned dataset and the holdout file together (see `DatasetWriter`)."""
     with DatasetWriter(shards_dir=shards_dir, holdout_path=holdout_path) as out:
-        for k in range(shards):
+        for k in range(layout.shards):
             out.write_shard(k, train[train[SHARD] == k])
+        out.write_layout(layout)
         out.write_holdout(holdout)
         out.commit()
 
@@ -111,6 +173,14 @@ class DatasetWriter:
             shutil.copy2(old, dest)
         else:
             _write_table(part, dest)
+
+    def write_layout(self, layout: Layout) -> None:
+        text = json.dumps(asdict(layout), sort_keys=True) + "\n"
+        dest, old = self.staging / "shards" / LAYOUT_FILE, self.shards_dir / LAYOUT_FILE
+        if old.exists() and old.read_text() == text:
+            shutil.copy2(old, dest)  # untouched, like an unchanged partition
+        else:
+            dest.write_text(text)
 
     def write_holdout(self, rows: pd.DataFrame) -> None:
         _write_table(rows, self.staging / "holdout.parquet")
