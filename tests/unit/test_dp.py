@@ -230,3 +230,31 @@ def test_ensemble_privacy_parallel_and_group_composition():
     assert "loose" in bounds[2]["note"] and "vacuous" in bounds[2]["note"]  # 5 e^14 1e-5 > 1
     with pytest.raises(ValueError):
         dp.ensemble_privacy([], delta=DELTA, max_records_per_subject=1)
+
+
+def grow(data: ShardData, n_new: int) -> ShardData:
+    """`data` plus `n_new` records that arrived later: in the newest slice, as growth-aware ingest puts them."""
+    rng = np.random.default_rng(99)
+    keys = tuple(hashlib.sha256(f"new{i}".encode()).hexdigest() for i in range(n_new))
+    x = rng.normal(size=(n_new, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    slices = np.concatenate([data.slices, np.full(n_new, N_SLICES - 1)])
+    order = np.lexsort((np.array(data.record_keys + keys), slices))
+    return ShardData(x=np.concatenate([data.x, x])[order], y=np.concatenate([data.y, y])[order],
+                     slices=slices[order], record_keys=tuple(np.array(data.record_keys + keys)[order]))
+
+
+def test_after_growth_epsilon_is_the_accountants_for_the_schedule_actually_trained(tmp_path, sigmas):
+    recipe = dp_recipe(sigmas[8.0])
+    store_dir = tmp_path / "ckpt"
+    train(make_data(), store_dir, recipe)
+    grown = grow(make_data(), 40)
+    resumed = train(grown, store_dir, recipe)
+    assert resumed.slices_reused == list(range(N_SLICES - 1)) and resumed.slices_trained == [N_SLICES - 1]
+    # the schedule: the first stages as they ran before the growth, the last one on the grown data
+    before, after = plan_for(make_data()), plan_for(grown)
+    schedule = dp.planned_history(sigmas[8.0], before[:-1] + after[-1:])
+    assert resumed.dp_history == [list(h) for h in dp._merge(schedule)]
+    assert resumed.epsilon == pytest.approx(dp.cross_check_epsilon(schedule, delta=DELTA), rel=0.01)
+    assert resumed.epsilon != pytest.approx(dp.epsilon_of(dp.planned_history(sigmas[8.0], before), delta=DELTA),
+                                            rel=1e-6)

@@ -1,0 +1,73 @@
+"""Section `growth`: a scheduled run on a table that grew, and where one person's records sit.
+
+A workspace is trained on 98 % of the default data's people (`limit_subjects`, whose larger
+samples are supersets), then run again on everyone (2 % more people, as a nightly run on
+yesterday's table plus today's newcomers would be), then once more `--from-scratch` on
+the grown table: the ratio of the last two is what growth-aware slicing saves, and the
+growth run's trained slice stages say why.
+
+From the grown workspace's partitions it also computes what a one-person erasure
+retrains, per person: the share of the shard's stage training from their first slice
+on, under the layout it has (`sisa.placement: subject`, a person's records in one slice)
+and under per-record placement (each record hashed alone), weighted by the real stage sizes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bench.common import (
+    QUICK_PARAMS, Section, Settings, cli_json, figures, make_workspace, secs, set_params, times, verdict,
+)
+
+GROWTH_BAR = 4.0  # the issue's bar: a growth run at least 4x faster than a full run of the grown table
+DEFAULT_PEOPLE = 4711  # nlswork
+
+
+def retrain_shares(ws) -> dict[str, float]:
+    """Mean share of its shard's stage training a one-person erasure retrains, by placement rule."""
+    from oblivio.data.columns import SLICE, SUBJECT_KEY
+    from oblivio.data.sharding import Layout, read_layout, read_shard
+    from oblivio.workspace import Workspace
+
+    w = Workspace(ws)
+    layout, cols = read_layout(w.shards_dir), w.params.data.columns
+    by_record = Layout(shards=layout.shards, slices=layout.slices, placement="record")
+    shares: dict[str, list[float]] = {"subject": [], "record": []}
+    for k in range(layout.shards):
+        part = read_shard(w.shards_dir, k)
+        record_slices = np.array([by_record.first_slice(w.secret, None, r) for r in part[cols.record_id].astype(str)])
+        for rule, slices in (("subject", part[SLICE].to_numpy()), ("record", record_slices)):
+            stage_sizes = np.cumsum(np.bincount(slices, minlength=layout.slices))
+            cost_from = np.cumsum(stage_sizes[::-1])[::-1] / stage_sizes.sum()  # share retrained from slice s on
+            first = part.assign(_s=slices).groupby(SUBJECT_KEY)["_s"].min().to_numpy()
+            shares[rule] += list(cost_from[first])
+    return {rule: float(np.mean(v)) for rule, v in shares.items()}
+
+
+def run(settings: Settings) -> Section:
+    people = QUICK_PARAMS["data"]["limit_subjects"] if settings.quick else DEFAULT_PEOPLE
+    ws = make_workspace(settings, "growth", {"data": {"limit_subjects": int(people * 0.98)}})
+    first, _ = cli_json(ws, "run")
+    set_params(ws, {"data": {"limit_subjects": people if settings.quick else 0}})
+    grown, grown_wall = cli_json(ws, "run")
+    scratch, scratch_wall = cli_json(ws, "run", "--from-scratch")
+    placement = grown["ingest"]["placement"]
+    ratio = scratch_wall / grown_wall
+    n_stages = scratch["slices_trained"]
+    shares = retrain_shares(ws)
+    rows = [
+        ("growth run vs full `run --from-scratch` of the grown table", times(ratio),
+         f"{secs(grown_wall)} vs {secs(scratch_wall)}; {grown['n_subjects'] - first['n_subjects']} new people "
+         f"({placement['records_arrived']} records); bar {GROWTH_BAR:.0f}x: {verdict(ratio >= GROWTH_BAR)}"),
+        ("slice stages trained by the growth run", f"{grown['slices_trained']} of {n_stages}",
+         f"shards that received records: {len(placement['shards_grown'])} (baseline included when configured)"),
+        ("newest slice's share of its shard after growth, worst shard", f"{placement['newest_slice_share']:.2f}",
+         f"1/R = {1 / scratch['n_slices']:.2f} before any growth"),
+        ("one-person erasure retrains, mean share of the shard's stage training",
+         f"{shares['subject']:.2f} by subject, {shares['record']:.2f} by record",
+         f"{times(shares['record'] / shares['subject'])} less compute with subject placement"),
+    ]
+    return Section("Growth", [figures(rows)],
+                   {"growth_seconds": grown_wall, "scratch_seconds": scratch_wall, "ratio": ratio,
+                    "slices_trained": grown["slices_trained"], "stages": n_stages, "placement": placement,
+                    "retrain_share": shares})
