@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,19 +18,44 @@ import yaml
 from oblivio.errors import ConfigError
 
 
+FEATURE_KINDS = ("numeric", "categorical", "datetime", "excluded")
+DATETIME_PARTS = ("year", "month", "day", "weekday", "hour", "minute")  # what a datetime expands into
+FEATURE_OPTIONS = {"name", "kind", "buckets", "vocabulary", "parts"}
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One `data.columns.features` entry: a plain name (kind from the file's type) or a mapping.
+
+    The encoding itself lives in oblivio.data.encoding; this is only what the user declared.
+    """
+
+    name: str
+    kind: str = ""  # "" = inferred from the column's type when the data is read
+    buckets: int = 0  # categorical, hashed: 0 = the default bucket count
+    vocabulary: tuple | None = None  # categorical: declared values; anything else goes to "other"
+    parts: tuple[str, ...] = ()  # datetime: () = the default parts
+
+
 @dataclass(frozen=True)
 class Columns:
     record_id: str = "record_id"  # unique per row
     subject_id: str = "subject_id"  # the person; several rows may share one
     label: str = "label"
-    features: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()  # the feature columns read (every entry but the excluded ones)
+    feature_specs: tuple[FeatureSpec, ...] = ()  # every entry as declared (set by the parser)
+
+    def specs(self) -> tuple[FeatureSpec, ...]:
+        """The declared entries of the features read; plain names when built without the parser."""
+        declared = {s.name: s for s in self.feature_specs}
+        return tuple(declared.get(name, FeatureSpec(name=name)) for name in self.features)
 
 
 @dataclass(frozen=True)
 class DataParams:
     source: str = "builtin:nlswork"  # builtin:nlswork | builtin:fashion-mnist | path to .parquet/.csv
     columns: Columns = Columns()
-    label_domain: tuple[int, ...] = (0, 1)
+    label_domain: tuple[int | str, ...] = (0, 1)  # class names: integers or strings, not mixed
     holdout_fraction: float = 0.2  # share of *subjects* held out for evaluation and audits
     max_null_fraction: float = 0.5  # per feature column
     min_rows: int = 100
@@ -140,6 +166,8 @@ class MlflowConfig:
 
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is tuple:
         return f"a list of {_describe(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
@@ -155,6 +183,14 @@ def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
             errors.append(f"{where} must be {_describe(tp)}, got {value!r}")
             return None
         return tuple(_coerce(v, item, f"{where}[{i}]", errors) for i, v in enumerate(value))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            attempt: list[str] = []
+            got = _coerce(value, option, where, attempt)
+            if not attempt:
+                return got
+        errors.append(f"{where} must be {_describe(tp)}, got {value!r}")
+        return None
     ok = (
         (tp is bool and isinstance(value, bool))
         or (tp is int and isinstance(value, int) and not isinstance(value, bool))
@@ -174,14 +210,77 @@ def _build(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
         errors.append(f"{where or 'the file'} must be a mapping of keys to values, got {raw!r}")
         return cls()
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls) if f.name != "feature_specs"}
     for key in raw:
         if key not in known:
             errors.append(f"{where + '.' if where else ''}{key} is not a known key (known: {', '.join(sorted(known))})")
     values = {}
     for name in known & raw.keys():
+        if cls is Columns and name == "features":
+            specs = _feature_specs(raw[name], f"{where}.features", errors)
+            values["feature_specs"] = specs
+            values[name] = tuple(s.name for s in specs if s.kind != "excluded")
+            continue
         values[name] = _coerce(raw[name], hints[name], f"{where + '.' if where else ''}{name}", errors)
     return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+def _feature_specs(raw: Any, where: str, errors: list[str]) -> tuple[FeatureSpec, ...]:
+    """`data.columns.features`: each entry a column name or a mapping {name, kind, options}."""
+    if not isinstance(raw, list):
+        errors.append(f"{where} must be a list of column names or mappings, got {raw!r}")
+        return ()
+    specs, seen = [], set()
+    for i, entry in enumerate(raw):
+        spec = _feature_spec(entry, f"{where}[{i}]", errors)
+        if spec is None:
+            continue
+        if spec.name in seen:
+            errors.append(f"{where}: column {spec.name!r} is listed twice")
+        seen.add(spec.name)
+        specs.append(spec)
+    return tuple(specs)
+
+
+def _feature_spec(entry: Any, where: str, errors: list[str]) -> FeatureSpec | None:
+    if isinstance(entry, str) and entry:
+        return FeatureSpec(name=entry)
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+        errors.append(f"{where} must be a column name or a mapping with a `name` (and `kind`, options), got {entry!r}")
+        return None
+    name = entry["name"]
+    at = f"{where} (column {name!r})"
+    count = len(errors)
+    for key in sorted(set(entry) - FEATURE_OPTIONS):
+        errors.append(f"{at}: {key} is not a known option (known: {', '.join(sorted(FEATURE_OPTIONS))})")
+    kind = entry.get("kind", "")
+    if kind not in ("", *FEATURE_KINDS):
+        errors.append(f"{at}: kind must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
+    buckets = entry.get("buckets", 0)
+    if "buckets" in entry and (kind != "categorical" or not isinstance(buckets, int) or isinstance(buckets, bool)
+                               or not 2 <= buckets <= 4096):
+        errors.append(f"{at}: buckets must be an integer in [2, 4096] on a categorical column, got {buckets!r}")
+    vocabulary = entry.get("vocabulary")
+    if vocabulary is not None:
+        if kind != "categorical":
+            errors.append(f"{at}: a vocabulary needs kind: categorical, got kind {kind or '(inferred)'!r}")
+        if not isinstance(vocabulary, list) or not vocabulary:
+            errors.append(f"{at}: vocabulary must be a non-empty list of values, got {vocabulary!r}")
+        elif any(isinstance(v, (list, dict)) or v is None for v in vocabulary):
+            errors.append(f"{at}: vocabulary values must be plain strings, numbers or booleans")
+        elif len({str(v) for v in vocabulary}) != len(vocabulary):
+            errors.append(f"{at}: vocabulary lists a value twice")
+        if "buckets" in entry:
+            errors.append(f"{at}: give either a vocabulary or buckets, not both")
+    parts = entry.get("parts", [])
+    if "parts" in entry and (kind != "datetime" or not isinstance(parts, list) or not parts
+                             or any(p not in DATETIME_PARTS for p in parts)):
+        errors.append(f"{at}: parts must be a non-empty list of {', '.join(DATETIME_PARTS)} on a datetime column, "
+                      f"got {parts!r}")
+    if len(errors) > count:
+        return None
+    return FeatureSpec(name=name, kind=kind, buckets=buckets,
+                       vocabulary=tuple(vocabulary) if isinstance(vocabulary, list) else None, parts=tuple(parts))
 
 
 def _check_ranges(params: Params, errors: list[str]) -> None:
@@ -202,8 +301,13 @@ def _check_ranges(params: Params, errors: list[str]) -> None:
             errors.append(f"{path} must be in [0, 1), got {get(path)!r}")
     if params.sisa.shards < 2:
         errors.append(f"sisa.shards must be >= 2 (the MIA audit uses the other shards as references), got {params.sisa.shards}")
-    if len(params.data.label_domain) < 2:
-        errors.append(f"data.label_domain must list at least two labels, got {list(params.data.label_domain)}")
+    domain = params.data.label_domain
+    if len(domain) < 2:
+        errors.append(f"data.label_domain must list at least two labels, got {list(domain)}")
+    if len({type(v) for v in domain}) > 1:
+        errors.append(f"data.label_domain must list integers or strings, not both, got {list(domain)}")
+    if len(set(domain)) != len(domain):
+        errors.append(f"data.label_domain lists a label twice: {list(domain)}")
     if not params.data.columns.features:
         errors.append("data.columns.features must list at least one feature column")
     if params.dp.target_epsilon <= 0:
@@ -291,6 +395,9 @@ def params_as_flat_dict(params: Params) -> dict[str, Any]:
             key = f"{prefix}{f.name}"
             if dataclasses.is_dataclass(value):
                 walk(value, key + ".")
+            elif f.name == "feature_specs":  # declared kinds: column names and options, no data
+                flat[key] = [{k: v for k, v in dataclasses.asdict(s).items() if v not in ("", 0, (), None)}
+                             for s in value if s.kind or s.vocabulary or s.buckets or s.parts]
             else:
                 flat[key] = list(value) if isinstance(value, tuple) else value
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from oblivio.numerics import enter_torch
@@ -57,8 +58,12 @@ class Ensemble:
         return cls(recipe, tuple(manifest["features"]), manifest["aggregation"], models,
                    tuple(entry["weights_sha256"] for entry in manifest["shards"]))
 
-    def featurize(self, raw: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(featurize(raw, self.recipe.model))
+    def featurize(self, raw: pd.DataFrame | np.ndarray) -> torch.Tensor:
+        """Model inputs of raw rows: the recipe's encoder on a frame of raw columns (a recipe
+        without one, from before encoders, takes the old numeric matrix)."""
+        if self.recipe.encoding is not None:
+            return torch.from_numpy(self.recipe.encoding.transform(raw))
+        return torch.from_numpy(featurize(np.asarray(raw, dtype=np.float64), self.recipe.model))
 
     @torch.no_grad()
     def model_logits(self, k: int, x: torch.Tensor) -> np.ndarray:
@@ -70,7 +75,7 @@ class Ensemble:
         """(n_shards, n, n_classes) float64 logits of every shard model."""
         return np.stack([self.model_logits(k, x) for k in range(len(self.models))])
 
-    def predict_proba(self, raw: np.ndarray) -> np.ndarray:
+    def predict_proba(self, raw: pd.DataFrame | np.ndarray) -> np.ndarray:
         return aggregate(self.shard_logits(self.featurize(raw)), self.aggregation)
 
 
@@ -106,7 +111,8 @@ class AuditCache:
     def _inputs(self, path: Path, rows: str, ensemble: Ensemble, read: Callable
                 ) -> tuple[tuple, torch.Tensor, np.ndarray]:
         with open(path, "rb") as f:
-            key = (hashlib.file_digest(f, "sha256").hexdigest(), rows, ensemble.recipe.model)
+            key = (hashlib.file_digest(f, "sha256").hexdigest(), rows, ensemble.recipe.model,
+                   json.dumps(ensemble.recipe.encoding.to_json()) if ensemble.recipe.encoding else None)
         x, labels = self._entry(key, lambda: _featurized(ensemble, *read()))
         return key, x, labels
 

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from oblivio import numerics
 from oblivio.audit.membership import headline, membership_audit, score_members
 from oblivio.data.columns import RECORD_KEY, SLICE, SUBJECT_KEY
+from oblivio.data.encoding import Encoder, check_values, resolve
 from oblivio.data.sharding import (
     DatasetWriter, Layout, Spill, place, read_holdout, read_layout, read_shard, settle_slices,
 )
@@ -31,7 +32,6 @@ from oblivio.data.validate import TableValidation, check_columns, numpy_numeric
 from oblivio.ensemble import MANIFEST, AuditCache, Ensemble, aggregate, shard_file
 from oblivio.errors import DataError, IntegrityError
 from oblivio.keys import keyed_int, record_key, subject_key
-from oblivio.training.nets import featurize, input_width
 from oblivio.training.sisa import (
     CheckpointStore, Recipe, ShardData, chain_keys, fully_trained, load_final_model, train_shard, weights_digest,
 )
@@ -103,8 +103,9 @@ def ingest(root: Path, *, batch_rows: int = BATCH_ROWS, reslice: bool = False) -
     cols = params.data.columns
     source = open_source(params.data.source, ws.root, batch_rows=batch_rows)
     check_columns(source.columns, params.data)
+    encoder = pin_encoding(ws, source)
     keep = [cols.record_id, cols.subject_id, cols.label, *cols.features]
-    validation = TableValidation(params.data)
+    validation = TableValidation(params.data, encoder)
     dropped = 0
     previous = None if reslice else read_layout(ws.shards_dir)
     wanted = Layout(shards=params.sisa.shards, slices=params.sisa.slices, placement=params.sisa.placement)
@@ -113,6 +114,7 @@ def ingest(root: Path, *, batch_rows: int = BATCH_ROWS, reslice: bool = False) -
     with Spill(ws.state_dir) as spill:
         for batch, n in _batches(ws, source):
             dropped += n
+            check_values(batch, encoder)
             validation.add(batch)
             if len(batch):
                 spill.add(*place(batch[keep], cols, ws.secret, shards=layout.shards, slices=layout.slices,
@@ -145,7 +147,42 @@ def ingest(root: Path, *, batch_rows: int = BATCH_ROWS, reslice: bool = False) -
                       # how lopsided growth made the slices: the newest one's share of its shard, at worst
                       "newest_slice_share": max(s["newest_share"] for s in shards)},
         "validation": summary,
+        "input_width": encoder.width,
     }
+
+
+def _encoding_key(ws: Workspace) -> str:
+    p = ws.params
+    declared = [dataclasses.asdict(s) for s in p.data.columns.specs()]
+    return hashlib.sha256(json.dumps([declared, p.train.model], default=list).encode()).hexdigest()
+
+
+def pin_encoding(ws: Workspace, source: TableSource) -> Encoder:
+    """The feature encoding, resolved from params.yaml and the source's column types once, then pinned.
+
+    Pinned like the DP noise: a kind inferred from the types must not flip after an
+    erasure (a CSV column whose only numbers belonged to the erased person), or every
+    shard's recipe would change. Declaring the features differently re-resolves it.
+    """
+    key = _encoding_key(ws)
+    if ws.encoding_path.exists():
+        pinned = json.loads(ws.encoding_path.read_text())
+        if pinned["key"] == key:
+            return Encoder.from_json(pinned["encoder"])
+    cols = ws.params.data.columns
+    encoder = resolve(cols.specs(), source.dtypes(list(cols.features)), model=ws.params.train.model)
+    ws.encoding_path.parent.mkdir(parents=True, exist_ok=True)
+    ws.encoding_path.write_text(json.dumps({"key": key, "encoder": encoder.to_json()}, indent=1))
+    return encoder
+
+
+def encoder_for(ws: Workspace) -> Encoder:
+    """The pinned encoding; the ingest step pins it."""
+    pinned = json.loads(ws.encoding_path.read_text()) if ws.encoding_path.exists() else None
+    if pinned is None or pinned["key"] != _encoding_key(ws):
+        raise IntegrityError("The feature encoding has not been resolved for these data.columns.features; "
+                             "run `oblivio run` (its ingest step resolves it).")
+    return Encoder.from_json(pinned["encoder"])
 
 
 def _batches(ws: Workspace, source: TableSource) -> Iterator[tuple[pd.DataFrame, int]]:
@@ -194,8 +231,8 @@ def _write_holdout(out: DatasetWriter, rows: pd.DataFrame) -> int:
 
 def recipe_for(ws: Workspace) -> Recipe:
     p = ws.params
-    return Recipe(model=p.train.model, hidden=p.train.hidden,
-                  n_inputs=input_width(len(p.data.columns.features), p.train.model),
+    encoder = encoder_for(ws)
+    return Recipe(model=p.train.model, hidden=p.train.hidden, n_inputs=encoder.width, encoding=encoder,
                   n_classes=len(p.data.label_domain), epochs_per_slice=p.train.epochs_per_slice,
                   batch_size=p.train.batch_size, lr=p.train.lr, weight_decay=p.train.weight_decay, seed=p.seed,
                   dp=dp_spec(ws), numerics=numerics.current(p.train.numerics))
@@ -269,7 +306,7 @@ def shard_data(ws: Workspace, frame: pd.DataFrame) -> ShardData:
     frame = frame.sort_values([SLICE, RECORD_KEY], kind="stable")
     cols = ws.params.data.columns
     return ShardData(
-        x=featurize(frame[list(cols.features)].to_numpy(np.float64), ws.params.train.model),
+        x=encoder_for(ws).transform(frame),
         y=label_index(ws, frame[cols.label]),
         slices=frame[SLICE].to_numpy(np.int64),
         record_keys=tuple(frame[RECORD_KEY].tolist()),
@@ -343,7 +380,7 @@ def publish_models(root: Path, shard_results: list[dict]) -> dict:
             entry["corrections"] = apply_corrections(
                 model, shard=r["index"], train=read_shard(ws.shards_dir, r["index"]), holdout=holdout,
                 store=ws.corrections_dir, features=list(cols.features), label=cols.label,
-                labels=list(params.data.label_domain), model_kind=params.train.model, secret=ws.secret,
+                labels=list(params.data.label_domain), encode=recipe.encoding.transform, secret=ws.secret,
                 tolerance=params.unlearning.ssd_tolerance) if standing else []
             entry["weights_sha256"] = weights_digest(model.state_dict())
             import torch
@@ -363,10 +400,11 @@ def publish_models(root: Path, shard_results: list[dict]) -> dict:
 
 # --- evaluation ---------------------------------------------------------------------
 
-def holdout_arrays(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
+def holdout_arrays(ws: Workspace) -> tuple[pd.DataFrame, np.ndarray]:
+    """(raw feature columns, label indices) of the held-out rows."""
     holdout = read_holdout(ws.holdout_path)
     cols = ws.params.data.columns
-    return holdout[list(cols.features)].to_numpy(np.float64), label_index(ws, holdout[cols.label])
+    return holdout[list(cols.features)], label_index(ws, holdout[cols.label])
 
 
 def privacy_report(ws: Workspace, spec) -> dict:

@@ -40,6 +40,12 @@ def champion_metrics(ws: Workspace) -> tuple[int | None, dict | None]:
     return (version, tracking.metrics_of(ws.mlflow, version)) if version else (None, None)
 
 
+def _raw_types(ws: Workspace) -> dict[str, str]:
+    """Each feature column's raw type as the published recipe's encoder reads it (the model's signature)."""
+    encoding = json.loads(ws.manifest_path.read_text())["recipe"].get("encoding") or {"columns": []}
+    return {c["name"]: c["source_type"] for c in encoding["columns"]}
+
+
 def register(root: Path, run: dict) -> dict:
     """Audit against the gates, log to MLflow, register the version; returns its identity and verdicts.
 
@@ -60,6 +66,7 @@ def register(root: Path, run: dict) -> dict:
               "oblivio.dataset_version": dataset["version"], "oblivio.models_version": hashes.get("models", "")},
         dataset=dataset, shards=run["shards"], metrics=run["metrics"], models_dir=ws.models_dir,
         features=list(ws.params.data.columns.features), labels=list(ws.params.data.label_domain),
+        feature_types=_raw_types(ws),
         artifacts={name: ws.reports_dir / name for name in ("metrics.json", "mia.json", "mia_roc.svg")
                    if (ws.reports_dir / name).exists()},
     )

@@ -67,7 +67,7 @@ def measure(root: Path, spec: dict, manipulated: set[str]) -> dict:
     y = clean[cols.label].to_numpy()
 
     def predict(ensemble: Ensemble, frame: pd.DataFrame) -> np.ndarray:
-        logits = ensemble.shard_logits(ensemble.featurize(frame[list(cols.features)].to_numpy(np.float64)))
+        logits = ensemble.shard_logits(ensemble.featurize(frame[list(cols.features)]))
         return np.asarray(labels)[aggregate(logits, ensemble.aggregation).argmax(1)]
 
     out = {}

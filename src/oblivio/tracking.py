@@ -64,13 +64,17 @@ def _dataset(name: str, digest: str, uri: str, columns: list[str]):
     return MetaDataset(source=resolve_dataset_source(uri), name=name, digest=digest[:36], schema=schema)
 
 
-def model_signature(features: list[str], labels: list):
+def model_signature(features: list[str], labels: list, types: dict[str, str] | None = None):
+    """Inputs: the raw feature columns with their own types (`types`, from the encoder: strings as
+    strings; missing values allowed); outputs: the class name and one probability per class."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     outputs = Schema([ColSpec("string" if isinstance(labels[0], str) else "long", "prediction"),
                       *[ColSpec("double", f"proba_{lab}") for lab in labels]])
-    return ModelSignature(inputs=Schema([ColSpec("double", f) for f in features]), outputs=outputs)
+    types = types or {}
+    return ModelSignature(inputs=Schema([ColSpec(types.get(f, "double"), f, required=False) for f in features]),
+                          outputs=outputs)
 
 
 def _requirements() -> list[str]:
@@ -97,7 +101,7 @@ def numeric_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
 
 def log_pipeline_run(cfg: MlflowConfig, *, run_name: str, params: dict[str, Any], tags: dict[str, str],
                      dataset: dict, shards: list[dict], metrics: dict, models_dir: Path,
-                     features: list[str], labels: list, artifacts: dict[str, Path] | None = None) -> dict:
+                     features: list[str], labels: list, feature_types: dict[str, str] | None = None, artifacts: dict[str, Path] | None = None) -> dict:
     """Log the parent run, per-shard child runs and the registered ensemble; returns ids."""
     import oblivio
 
@@ -122,7 +126,7 @@ def log_pipeline_run(cfg: MlflowConfig, *, run_name: str, params: dict[str, Any]
             info = mlflow.pyfunc.log_model(
                 name="ensemble", python_model=str(PYFUNC_FILE), artifacts={"models": str(models_dir)},
                 code_paths=[str(Path(oblivio.__file__).parent)], pip_requirements=_requirements(),
-                signature=model_signature(features, labels), registered_model_name=cfg.model_name,
+                signature=model_signature(features, labels, feature_types), registered_model_name=cfg.model_name,
                 await_registration_for=0,
             )
         # logged after the model, linked to it in one batch: logged before, `log_model` would

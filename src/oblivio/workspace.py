@@ -55,6 +55,11 @@ class Workspace:
         return self.state_dir / "dp-calibration.json"
 
     @property
+    def encoding_path(self) -> Path:
+        """The feature encoding pinned at the first ingest (see pipeline.pin_encoding)."""
+        return self.state_dir / "encoding.json"
+
+    @property
     def corrections_dir(self) -> Path:
         """Flagged rows of corrective requests and their SSD choices (standing corrections)."""
         return self.state_dir / "corrections"

@@ -52,7 +52,10 @@ def test_shipped_params_template_parses_to_its_declared_values() -> None:
     assert params.seed == 20240601
     assert params.data.columns.subject_id == "idcode"
     assert params.data.columns.features[:3] == ("year", "birth_yr", "age")
-    assert len(params.data.columns.features) == 42
+    assert len(params.data.columns.features) == 19
+    kinds = {s.name: s for s in params.data.columns.feature_specs}
+    assert kinds["ind_code"].kind == "categorical" and kinds["ind_code"].vocabulary == tuple(range(1, 13))
+    assert kinds["year"].kind == ""  # inferred from the column's type
     assert params.data.label_domain == (0, 1)
     assert params.data.min_rows == 1000
     assert params.sisa.shards == 8 and params.sisa.slices == 4

@@ -58,7 +58,7 @@ def failed(err: ValidationFailed) -> set[tuple[str, str]]:
 def test_valid_frame_passes_with_every_expectation_evaluated(validate, frame) -> None:
     summary = validate(frame, DATA)
     # 1 row count + 3 not-null ids/label + unique + in-set + 2 per feature
-    assert summary == {"evaluated": 1 + 3 + 1 + 1 + 2 * 3, "passed": 12}
+    assert {k: summary[k] for k in ("evaluated", "passed")} == {"evaluated": 1 + 3 + 1 + 1 + 2 * 3, "passed": 12}
 
 
 def test_validation_does_not_modify_the_frame(validate, frame) -> None:

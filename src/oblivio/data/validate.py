@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from oblivio.config import DataParams
+from oblivio.data.encoding import Encoder
 from oblivio.errors import DataError, ValidationFailed
 
 NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -54,8 +55,13 @@ def check_columns(columns: Iterable[str], data: DataParams) -> None:
         )
 
 
-def build_suite(data: DataParams):
-    """The expectations GX checks on every batch; their counts add up over the table."""
+def build_suite(data: DataParams, encoder: Encoder | None = None):
+    """The expectations GX checks on every batch; their counts add up over the table.
+
+    Numeric features must hold numbers; every feature's null share is bounded; a declared
+    vocabulary gets a value-set expectation that never fails the run (values outside it go
+    to the "other" bucket) but whose count is reported. Without an encoder (a table checked
+    on its own) every feature is taken as numeric."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
@@ -64,9 +70,16 @@ def build_suite(data: DataParams):
     for col in (cols.record_id, cols.subject_id, cols.label):
         suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=col))
     suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(column=cols.label, value_set=list(data.label_domain)))
+    kinds = {c.name: c for c in encoder.columns} if encoder is not None else {}
     for col in cols.features:
-        suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=NUMERIC_TYPES))
+        encoding = kinds.get(col)
+        if encoding is None or encoding.kind == "numeric":
+            suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=NUMERIC_TYPES))
         suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=col, mostly=1.0 - data.max_null_fraction))
+        if encoding is not None and encoding.vocabulary is not None:
+            declared = next(s for s in cols.specs() if s.name == col).vocabulary
+            suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=list(declared), mostly=0.0,
+                                                                  meta={"report_only": True}))
     return suite
 
 
@@ -128,7 +141,7 @@ class TableValidation:
     a duplicate like any other.
     """
 
-    def __init__(self, data: DataParams):
+    def __init__(self, data: DataParams, encoder: Encoder | None = None):
         import logging
 
         import great_expectations as gx
@@ -139,7 +152,7 @@ class TableValidation:
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
         asset = context.data_sources.add_pandas("oblivio").add_dataframe_asset(name="ingest")
         batch = asset.add_batch_definition_whole_dataframe("whole")
-        suite = context.suites.add(build_suite(data))
+        suite = context.suites.add(build_suite(data, encoder))
         self._definition = context.validation_definitions.add(
             gx.ValidationDefinition(name="ingest", data=batch, suite=suite))
         self._tallies = {e.id: _Tally(e.configuration) for e in suite.expectations}
@@ -147,6 +160,7 @@ class TableValidation:
         self._rows = 0
         self._null_ids = 0
         self._id_hashes: list[np.ndarray] = []
+        self._nulls = {c: 0 for c in data.columns.features}
 
     def add(self, df: pd.DataFrame) -> None:
         """Validate one batch (declared columns present, numbers as numpy dtypes)."""
@@ -156,6 +170,8 @@ class TableValidation:
         ids = df[self._data.columns.record_id]
         present = ids[ids.notna()]
         self._rows += len(df)
+        for c in self._nulls:
+            self._nulls[c] += int(df[c].isna().sum())
         self._null_ids += len(ids) - len(present)
         self._id_hashes.append(np.stack([pd.util.hash_pandas_object(present, index=False, hash_key=key).to_numpy()
                                          for key in ID_HASH_KEYS], axis=1))
@@ -164,6 +180,8 @@ class TableValidation:
         failures = [f for f in (self._row_count(), *(t.failure() for t in self._tallies.values()), self._unique())
                     if f is not None]
         evaluated = len(self._tallies) + 2
+        outside = {t.config.kwargs["column"]: t.unexpected_count for t in self._tallies.values()
+                   if (t.config.meta or {}).get("report_only")}
         if failures:
             lines = "\n".join(f"  - {f['expectation']} on {f['column']}: {f['detail']}" for f in failures)
             raise ValidationFailed(
@@ -172,7 +190,11 @@ class TableValidation:
                 "Fix the data or params.yaml (data section).",
                 failures,
             )
-        return {"evaluated": evaluated, "passed": evaluated}
+        summary = {"evaluated": evaluated, "passed": evaluated,
+                   "null_fraction": {c: round(n / self._rows, 6) for c, n in self._nulls.items()} if self._rows else {}}
+        if outside:
+            summary["outside_vocabulary"] = outside  # counts only: the values may be personal
+        return summary
 
     def _row_count(self) -> dict | None:
         if self._rows >= self._data.min_rows:

@@ -22,8 +22,10 @@ class OblivioEnsembleModel(PythonModel):
         self.labels = json.loads((self.models_dir / "manifest.json").read_text())["labels"]
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        raw = model_input[list(self.ensemble.features)].to_numpy(dtype="float64")
-        proba = self.ensemble.predict_proba(raw)
+        """Raw rows (the columns of the user's table, strings as strings) -> class names and probabilities.
+
+        The rows are encoded by the recipe's own encoder, exactly as training encoded them."""
+        proba = self.ensemble.predict_proba(model_input[list(self.ensemble.features)])
         out = pd.DataFrame({f"proba_{label}": proba[:, i] for i, label in enumerate(self.labels)})
         out.insert(0, "prediction", [self.labels[i] for i in proba.argmax(axis=1)])
         return out

@@ -29,10 +29,6 @@ def featurize(x: np.ndarray, model: str) -> np.ndarray:
     return np.concatenate([scaled, missing.astype(np.float64)], axis=1).astype(np.float32)
 
 
-def input_width(n_features: int, model: str) -> int:
-    return n_features if model == "cnn" else 2 * n_features
-
-
 class MLP(nn.Module):
     def __init__(self, n_inputs: int, hidden: tuple[int, ...], n_classes: int):
         super().__init__()

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from oblivio import numerics
+from oblivio.data.encoding import Encoder
 from oblivio.faults import crash_point
 from oblivio.keys import derive_seed
 from oblivio.training.dp import DpSpec, DpTrainer, epsilon_of
@@ -48,16 +49,19 @@ class Recipe:
     seed: int
     dp: DpSpec | None = None  # DP-SGD (Opacus) when set; see oblivio.training.dp
     numerics: numerics.Numerics | None = None  # the kernels and library versions the bits depend on; see oblivio.numerics
+    encoding: Encoder | None = None  # raw columns -> inputs (oblivio.data.encoding); None: inputs given as is
 
     def __post_init__(self):
         if isinstance(self.dp, dict):  # a recipe read back from JSON (a models manifest)
             object.__setattr__(self, "dp", DpSpec(**self.dp))
         if isinstance(self.numerics, dict):
             object.__setattr__(self, "numerics", numerics.Numerics(**self.numerics))
+        if isinstance(self.encoding, dict):
+            object.__setattr__(self, "encoding", Encoder.from_json(self.encoding))
 
     def digest(self) -> str:
         fields = dataclasses.asdict(self)
-        for optional in ("dp", "numerics"):
+        for optional in ("dp", "numerics", "encoding"):
             if fields[optional] is None:
                 del fields[optional]  # recipes without it keep the digests (and checkpoint keys) they had before it
         blob = json.dumps(fields, sort_keys=True)

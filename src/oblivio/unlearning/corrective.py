@@ -14,6 +14,7 @@ weights are what `models/` publishes and the registry serves.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,6 @@ import torch
 
 from oblivio.data.columns import SUBJECT_KEY
 from oblivio.keys import keyed_int
-from oblivio.training.nets import featurize
 from oblivio.unlearning.ssd import SsdChoice, apply_ssd, choose_ssd, diagonal_importance
 
 
@@ -50,7 +50,7 @@ def validation_split(holdout: pd.DataFrame, secret: bytes) -> pd.DataFrame:
 
 
 def apply_corrections(model: torch.nn.Module, *, shard: int, train: pd.DataFrame, holdout: pd.DataFrame,
-                      store: Path, features: list[str], label: str, labels: list, model_kind: str,
+                      store: Path, features: list[str], label: str, labels: list, encode: Callable[[pd.DataFrame], np.ndarray],
                       secret: bytes, tolerance: float) -> list[dict]:
     """Dampen `model` (in place) with every stored correction; returns what each did."""
     requests = corrections(store)
@@ -59,7 +59,7 @@ def apply_corrections(model: torch.nn.Module, *, shard: int, train: pd.DataFrame
     index = {v: i for i, v in enumerate(labels)}
 
     def arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        return (featurize(frame[features].to_numpy(np.float64), model_kind),
+        return (encode(frame[features]),
                 frame[label].map(index).to_numpy(np.int64))
 
     train_x, train_y = arrays(train)
