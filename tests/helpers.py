@@ -105,3 +105,48 @@ def marker_hits(ws: Path, marker: str, value: float) -> list[str]:
             if as_text.apply(lambda col: col.str.contains(marker)).any().any() or (table == value).any().any():
                 hits.append(f"{path} (table)")
     return hits
+
+
+RARE_CATEGORY = "zz-rare-region"
+
+
+def string_table(n_subjects: int = 240, seed: int = 0) -> pd.DataFrame:
+    """A learnable table as a platform team has it: string ids and label, string categoricals,
+    a boolean, a date, missing values in every feature kind; one person alone holds a rare region."""
+    rng = np.random.default_rng(seed)
+    regions, plans = ["north", "south", "east", "west"], ["basic", "plus", "pro"]
+    rows = []
+    for s in range(n_subjects):
+        for j in range(int(rng.integers(1, 5))):
+            a, b = rng.normal(size=2)
+            plan = plans[int(rng.integers(0, 3))]
+            region = regions[int(rng.integers(0, 4))]
+            score = a + 0.8 * (plan == "pro") - 0.8 * (region == "west")
+            rows.append({"rid": f"r{s}-{j}", "person": f"C-{1000 + s}", "churned": "yes" if score > 0 else "no",
+                         "a": a if rng.random() > 0.1 else np.nan, "b": b,
+                         "region": region if rng.random() > 0.1 else None,
+                         "plan": plan if rng.random() > 0.05 else None,
+                         "active": bool(rng.random() > 0.5),
+                         "signup": f"20{10 + int(rng.integers(0, 10))}-0{1 + int(rng.integers(0, 9))}-1{j}"
+                         if rng.random() > 0.1 else None})
+    frame = pd.DataFrame(rows)
+    frame.loc[frame["person"] == f"C-{1000 + n_subjects - 1}", "region"] = RARE_CATEGORY
+    return frame
+
+
+STRING_FEATURES = ["a", "b", "region", {"name": "plan", "kind": "categorical", "vocabulary": ["basic", "plus", "pro"]},
+                   "active", {"name": "signup", "kind": "datetime"}]
+
+
+def string_workspace(root: Path, table: pd.DataFrame | None = None, suffix: str = ".parquet", **extra) -> Path:
+    """A workspace on a user table with strings and missing values, small enough to train in seconds."""
+    ws = root / "ws"
+    cli(None, "init", str(ws))
+    (ws / ".oblivio" / "secret").write_text(TEST_SECRET + "\n")
+    table = table if table is not None else string_table()
+    path = ws / f"table{suffix}"
+    table.to_parquet(path, index=False) if suffix == ".parquet" else table.to_csv(path, index=False)
+    set_params(ws, {**FAST, "data": {"source": path.name, "min_rows": 50, "label_domain": ["no", "yes"],
+                                     "columns": {"record_id": "rid", "subject_id": "person", "label": "churned",
+                                                 "features": STRING_FEATURES}}, **extra})
+    return ws

@@ -278,7 +278,7 @@ def _feature_spec(entry: Any, where: str, errors: list[str]) -> FeatureSpec | No
         errors.append(f"{at}: parts must be a non-empty list of {', '.join(DATETIME_PARTS)} on a datetime column, "
                       f"got {parts!r}")
     if len(errors) > count:
-        return None
+        return FeatureSpec(name=name)  # reported above; kept so the list does not read as empty
     return FeatureSpec(name=name, kind=kind, buckets=buckets,
                        vocabulary=tuple(vocabulary) if isinstance(vocabulary, list) else None, parts=tuple(parts))
 
