@@ -59,7 +59,14 @@ def _runner(ws, args, default_kind: str | None = None):
 def cmd_init(args) -> int:
     from oblivio.workspace import init_workspace
 
-    ws = init_workspace(Path(args.directory), source=args.source)
+    if args.from_table:
+        from oblivio.data.schema_inference import init_from_table
+
+        ws, told = init_from_table(Path(args.directory), Path(args.from_table), subject_id=args.subject_id,
+                                   label=args.label, record_id=args.record_id)
+        print(told, file=sys.stderr)
+    else:
+        ws = init_workspace(Path(args.directory), source=args.source)
     _emit({"workspace": str(ws.root)}, args.json,
           f"Created an Oblivio workspace in {ws.root}.\nNext: cd {args.directory} && oblivio run")
     return 0
@@ -423,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("init", cmd_init, "create a workspace: config files, git and DVC repositories, secret")
     p.add_argument("directory")
     p.add_argument("--source", help="data.source to write into params.yaml (default builtin:nlswork)")
+    p.add_argument("--from-table", metavar="FILE", help="a .parquet/.csv table: write params.yaml from its schema")
+    p.add_argument("--subject-id", metavar="COL", help="with --from-table: the column naming the person")
+    p.add_argument("--label", metavar="COL", help="with --from-table: the column to predict")
+    p.add_argument("--record-id", metavar="COL", help="with --from-table: a column unique per row (default: derived)")
 
     p = command("run", cmd_run, "run the pipeline: ingest, validate, version, train, audit, register, promote")
     p.add_argument("--from-scratch", action="store_true", help="ignore every checkpoint and retrain all slices")

@@ -40,6 +40,7 @@ class FeatureSpec:
 @dataclass(frozen=True)
 class Columns:
     record_id: str = "record_id"  # unique per row
+    derive_record_id: bool = False  # the table has none: record_id is derived from the row (data/record_ids.py)
     subject_id: str = "subject_id"  # the person; several rows may share one
     label: str = "label"
     features: tuple[str, ...] = ()  # the feature columns read (every entry but the excluded ones)

@@ -24,6 +24,8 @@ from oblivio import numerics
 from oblivio.audit.membership import headline, membership_audit, score_members
 from oblivio.data.columns import RECORD_KEY, SLICE, SUBJECT_KEY
 from oblivio.data.encoding import Encoder, check_values, resolve
+from oblivio.data.identifiers import IdentifierScan, candidate
+from oblivio.data.record_ids import with_record_ids
 from oblivio.data.sharding import (
     DatasetWriter, Layout, Spill, place, read_holdout, read_layout, read_shard, settle_slices,
 )
@@ -106,6 +108,7 @@ def ingest(root: Path, *, batch_rows: int = BATCH_ROWS, reslice: bool = False) -
     encoder = pin_encoding(ws, source)
     keep = [cols.record_id, cols.subject_id, cols.label, *cols.features]
     validation = TableValidation(params.data, encoder)
+    scan = identifier_scan(encoder, cols.subject_id)
     dropped = 0
     previous = None if reslice else read_layout(ws.shards_dir)
     wanted = Layout(shards=params.sisa.shards, slices=params.sisa.slices, placement=params.sisa.placement)
@@ -116,6 +119,7 @@ def ingest(root: Path, *, batch_rows: int = BATCH_ROWS, reslice: bool = False) -
             dropped += n
             check_values(batch, encoder)
             validation.add(batch)
+            scan.add(batch)
             if len(batch):
                 spill.add(*place(batch[keep], cols, ws.secret, shards=layout.shards, slices=layout.slices,
                                  holdout_fraction=params.data.holdout_fraction, placement=layout.placement))
@@ -148,7 +152,13 @@ def ingest(root: Path, *, batch_rows: int = BATCH_ROWS, reslice: bool = False) -
                       "newest_slice_share": max(s["newest_share"] for s in shards)},
         "validation": summary,
         "input_width": encoder.width,
+        "warnings": scan.warnings(),
     }
+
+
+def identifier_scan(encoder: Encoder, subject_id: str) -> IdentifierScan:
+    return IdentifierScan([c.name for c in encoder.columns if candidate(np.dtype("int64") if c.source_type == "long"
+                                                                          else object, c.kind)], subject_id)
 
 
 def _encoding_key(ws: Workspace) -> str:
@@ -192,8 +202,9 @@ def _batches(ws: Workspace, source: TableSource) -> Iterator[tuple[pd.DataFrame,
     chosen = (sample_subjects(_subject_ids(source, cols.subject_id), data.limit_subjects, ws.secret)
               if data.limit_subjects else None)
     erased_subjects, erased_records = tombstones(ws)
-    for batch in source.batches(list(dict.fromkeys([cols.record_id, cols.subject_id, cols.label, *cols.features]))):
-        batch = numpy_numeric(batch, cols.features)
+    read = [*([] if cols.derive_record_id else [cols.record_id]), cols.subject_id, cols.label, *cols.features]
+    for batch in source.batches(list(dict.fromkeys(read))):
+        batch = with_record_ids(numpy_numeric(batch, cols.features), cols)
         if chosen is not None:
             batch = batch[batch[cols.subject_id].astype(str).isin(chosen)].reset_index(drop=True)
         yield drop_tombstoned(batch, ws, subjects=erased_subjects, records=erased_records)

@@ -94,7 +94,9 @@ def render_run_summary(result: dict) -> str:
     grown = (f"; {placement['records_arrived']} new record(s) placed in the newest slice of shard(s) "
              f"{placement['shards_grown']}" if placement.get("records_arrived") else "")
     lopsided = placement.get("newest_slice_share", 0) > LOPSIDED_SHARE
+    warnings = [f"warning: {w}" for w in result.get("ingest", {}).get("warnings", [])]
     return "\n".join([
+        *warnings,
         f"data version {result['dataset_version'][:12]}: {result['n_records']} records of {result['n_subjects']} "
         f"subjects in {result['n_shards']} shards x {result['n_slices']} slices{grown}",
         *([f"the newest slice holds {placement['newest_slice_share']:.0%} of a shard after growth: "

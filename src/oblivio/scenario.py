@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from oblivio.data.record_ids import with_record_ids
 from oblivio.data.sharding import read_holdout
 from oblivio.data.sources import load_source
 from oblivio.ensemble import MANIFEST, Ensemble, aggregate
@@ -29,7 +30,7 @@ def poison(root: Path, *, kind: str, fraction: float, seed: int) -> tuple[pd.Dat
     """The workspace's source data with `fraction` of rows manipulated; returns (table, ids, spec)."""
     ws = Workspace(root)
     cols = ws.params.data.columns
-    df = load_source(ws.params.data.source, ws.root)
+    df = with_record_ids(load_source(ws.params.data.source, ws.root), cols)
     if ws.params.data.limit_subjects:
         df = limit_subjects(df, cols.subject_id, ws.params.data.limit_subjects, ws.secret)
     labels = list(ws.params.data.label_domain)

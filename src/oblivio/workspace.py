@@ -173,15 +173,19 @@ def template_text(name: str) -> str:
     return resources.files("oblivio.templates").joinpath(name).read_text()
 
 
-def init_workspace(target: Path, *, source: str | None = None) -> Workspace:
-    """Scaffold a workspace: config files, git + DVC repositories, local remote, secret."""
+def init_workspace(target: Path, *, source: str | None = None, params: str | None = None) -> Workspace:
+    """Scaffold a workspace: config files, git + DVC repositories, local remote, secret.
+
+    `params`: the params.yaml text to write instead of the template (`init --from-table`)."""
     target = target.resolve()
     if target.exists() and any((target / m).exists() for m in MARKERS):
         raise WorkspaceError(f"{target} already holds an Oblivio workspace; use it, or choose an empty directory.")
     target.mkdir(parents=True, exist_ok=True)
     for template, dest in TEMPLATE_FILES.items():
         text = template_text(template)
-        if template == "params.yaml" and source:
+        if template == "params.yaml" and params is not None:
+            text = params
+        elif template == "params.yaml" and source:
             text = text.replace("source: builtin:nlswork", f"source: {source}", 1)
         (target / dest).write_text(text)
     try:

@@ -99,12 +99,10 @@ def test_second_run_reuses_every_checkpoint(trained):
 def test_baseline_accuracy_is_the_baseline_checkpoint_on_the_holdout(make_csv_workspace):
     """The run's baseline figure (off in the other tests' workspaces, for time), recomputed from
     the baseline's final checkpoint and the holdout file."""
-    import numpy as np
     import pyarrow.parquet as pq
     import torch
 
     from oblivio import pipeline
-    from oblivio.training.nets import featurize
     from oblivio.training.sisa import CheckpointStore, chain_keys, load_final_model, slice_commitments
     from oblivio.workspace import Workspace
 
@@ -122,8 +120,7 @@ def test_baseline_accuracy_is_the_baseline_checkpoint_on_the_holdout(make_csv_wo
     cols = w.params.data.columns
     y = holdout[cols.label].map({v: i for i, v in enumerate(w.params.data.label_domain)}).to_numpy()
     with torch.no_grad():
-        pred = model(torch.from_numpy(featurize(holdout[list(cols.features)].to_numpy(np.float64),
-                                                w.params.train.model))).argmax(1).numpy()
+        pred = model(torch.from_numpy(recipe.encoding.transform(holdout))).argmax(1).numpy()
     assert first["metrics"]["baseline_accuracy"] == float((pred == y).mean())
 
 

@@ -45,7 +45,7 @@ def check_columns(columns: Iterable[str], data: DataParams) -> None:
     """Every declared column exists (the expectations cannot even be evaluated otherwise)."""
     cols = data.columns
     present = set(columns)
-    declared = [cols.record_id, cols.subject_id, cols.label, *cols.features]
+    declared = [*([] if cols.derive_record_id else [cols.record_id]), cols.subject_id, cols.label, *cols.features]
     missing = [c for c in declared if c not in present]
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
