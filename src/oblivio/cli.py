@@ -317,9 +317,8 @@ def cmd_scenario(args) -> int:
         source = scratch / "manipulated.parquet"
         scratch.mkdir(parents=True, exist_ok=True)
         table.to_parquet(source, index=False)
-        sc = init_workspace(scratch / "workspace")
-        (sc.root / "params.yaml").write_text((ws.root / "params.yaml").read_text().replace(
-            f"source: {ws.params.data.source}", f"source: {source}", 1))
+        sc = init_workspace(scratch / "workspace",
+                            params=scenario.params_with_source((ws.root / "params.yaml").read_text(), source))
         sc = Workspace(sc.root)
         _ = sc.params
         print(f"scenario {args.kind}: {len(manipulated)} manipulated records ({args.fraction:.0%}); training",

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
+from oblivio.config import parse_yaml
 from oblivio.data.record_ids import with_record_ids
 from oblivio.data.sharding import read_holdout
 from oblivio.data.sources import load_source
@@ -45,6 +47,19 @@ def poison(root: Path, *, kind: str, fraction: float, seed: int) -> tuple[pd.Dat
         spec = {"kind": kind, "source_class": labels[0], "target_class": labels[-1]}
     out.attrs = {}
     return out, ids, spec
+
+
+def params_with_source(params_text: str, source: Path) -> str:
+    """The user's params.yaml, edited as data, pointing at the manipulated copy of the table.
+
+    The copy carries its record ids already (a derived id would change with the manipulated
+    content), so the scratch workspace reads them instead of deriving them again."""
+    raw = parse_yaml(params_text)
+    data = raw.setdefault("data", {})
+    data["source"] = str(source)
+    if (data.get("columns") or {}).get("derive_record_id"):
+        data["columns"]["derive_record_id"] = False
+    return yaml.safe_dump(raw, sort_keys=False)
 
 
 def _exact_only(ws: Workspace) -> Ensemble:

@@ -23,7 +23,7 @@ from oblivio.errors import WorkspaceError
 from oblivio.keys import load_or_create_secret
 
 MARKERS = ("params.yaml", "mlflow.yaml", "dvc.yaml")
-TEMPLATE_FILES = {"params.yaml": "params.yaml", "mlflow.yaml": "mlflow.yaml", "dvc.yaml": "dvc.yaml", "gitignore": ".gitignore"}
+TEMPLATE_FILES = {"params.yaml": "params.yaml", "mlflow.yaml": "mlflow.yaml", "dvc.yaml.template": "dvc.yaml", "gitignore": ".gitignore"}
 DVC_REMOTE = ".oblivio/dvc-remote"
 
 

@@ -98,3 +98,13 @@ def test_registered_model_predicts_raw_string_rows_as_the_ensemble_does(erased, 
     np.testing.assert_array_equal(out[["proba_no", "proba_yes"]].to_numpy(), own)
     assert set(out["prediction"]) <= {"no", "yes"}
     assert (out["prediction"] == np.where(own[:, 1] > own[:, 0], "yes", "no")).all()
+
+
+def test_dvc_status_is_clean_after_the_runs(erased):
+    import subprocess
+    import sys
+
+    ws = erased[0]
+    dvc = Path(sys.executable).parent / "dvc"
+    status = subprocess.run([str(dvc), "status", "--json"], cwd=ws, capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout) == {}

@@ -74,13 +74,27 @@ def test_shipped_mlflow_template_parses(tmp_path: Path, monkeypatch: pytest.Monk
     assert (cfg.candidate_alias, cfg.champion_alias) == ("candidate", "champion")
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "mlflow.yaml", "dvc.yaml"])
-def test_repo_root_files_are_byte_identical_to_templates(name: str) -> None:
+@pytest.mark.parametrize("name, template", [("params.yaml", "params.yaml"), ("mlflow.yaml", "mlflow.yaml"),
+                                            ("dvc.yaml", "dvc.yaml.template")])
+def test_repo_root_files_are_byte_identical_to_templates(name: str, template: str) -> None:
     root_file = REPO_ROOT / name
     assert root_file.is_file(), f"{root_file} is missing"
-    assert root_file.read_bytes() == TEMPLATES.joinpath(name).read_bytes(), (
-        f"{name} at the repo root and src/oblivio/templates/{name} have drifted apart"
+    assert root_file.read_bytes() == TEMPLATES.joinpath(template).read_bytes(), (
+        f"{name} at the repo root and src/oblivio/templates/{template} have drifted apart"
     )
+
+
+def test_dvc_at_the_repo_root_sees_one_pipeline_only() -> None:
+    """The shipped template is not a dvc.yaml, so DVC does not collect it as a second pipeline
+    (whose outputs would never exist and keep `dvc status` dirty)."""
+    import subprocess
+    import sys
+
+    dvc = Path(sys.executable).parent / "dvc"
+    listed = subprocess.run([str(dvc), "stage", "list", "--all"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            check=True).stdout
+    assert "templates" not in listed
+    assert sorted(line.split()[0] for line in listed.splitlines() if line.strip()) == ["evaluate", "ingest", "train"]
 
 
 # --- unknown keys -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from oblivio.unlearning.scenarios import (
     attack_success_rate,
@@ -198,3 +199,25 @@ def test_flag_sample_rejects_duplicates_and_bad_shares():
         flag_sample(["a", "a", "b"], share=0.5, seed=0)
     with pytest.raises(ValueError, match="share"):
         flag_sample(["a", "b"], share=-0.1, seed=0)
+
+
+@pytest.mark.parametrize("written", ['source: "builtin:nlswork"', "source: 'builtin:nlswork'",
+                                     "source:   builtin:nlswork   # the default"])
+def test_the_scenario_workspace_points_at_the_manipulated_copy_however_source_is_written(written, tmp_path):
+    """params.yaml is edited as data: a quoted or commented source is swapped too."""
+    from oblivio.config import parse_params
+    from oblivio.scenario import params_with_source
+    from oblivio.workspace import template_text
+
+    text = template_text("params.yaml").replace("source: builtin:nlswork", written, 1)
+    assert written in text
+    swapped = parse_params(yaml.safe_load(params_with_source(text, tmp_path / "manipulated.parquet")))
+    assert swapped.data.source == str(tmp_path / "manipulated.parquet")
+    assert swapped.data.columns == parse_params(yaml.safe_load(text)).data.columns
+
+
+def test_the_scenario_copy_keeps_its_record_ids_instead_of_deriving_them(tmp_path):
+    from oblivio.scenario import params_with_source
+
+    text = yaml.safe_dump({"data": {"source": "t.csv", "columns": {"derive_record_id": True}}})
+    assert yaml.safe_load(params_with_source(text, tmp_path / "m.parquet"))["data"]["columns"]["derive_record_id"] is False
