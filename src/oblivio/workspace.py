@@ -186,7 +186,9 @@ def init_workspace(target: Path, *, source: str | None = None, params: str | Non
         if template == "params.yaml" and params is not None:
             text = params
         elif template == "params.yaml" and source:
-            text = text.replace("source: builtin:nlswork", f"source: {source}", 1)
+            from oblivio.data.schema_inference import builtin_params
+
+            text = builtin_params(text, source) or text.replace("source: builtin:nlswork", f"source: {source}", 1)
         (target / dest).write_text(text)
     try:
         if not (target / ".git").exists():

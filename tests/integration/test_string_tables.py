@@ -107,4 +107,6 @@ def test_dvc_status_is_clean_after_the_runs(erased):
     ws = erased[0]
     dvc = Path(sys.executable).parent / "dvc"
     status = subprocess.run([str(dvc), "status", "--json"], cwd=ws, capture_output=True, text=True, check=True)
-    assert json.loads(status.stdout) == {}
+    # ingest is `always_changed` (the source may have grown); nothing else: no deleted outputs,
+    # no changed dependency, and no second pipeline (the shipped template is not a dvc.yaml)
+    assert json.loads(status.stdout) == {"ingest": ["always changed"]}

@@ -79,10 +79,15 @@ def read_table(path: Path) -> tuple[pd.DataFrame, dict[str, tuple[str, str]]]:
 
 def infer(path: Path, *, subject_id: str, label: str, record_id: str | None = None) -> Inferred:
     frame, kinds = read_table(path)
+    return _infer(frame, kinds, path.name, subject_id=subject_id, label=label, record_id=record_id)
+
+
+def _infer(frame: pd.DataFrame, kinds: dict, name: str, *, subject_id: str, label: str,
+           record_id: str | None) -> Inferred:
     wanted = {"--subject-id": subject_id, "--label": label, **({"--record-id": record_id} if record_id else {})}
     absent = [f"{flag} {col!r}" for flag, col in wanted.items() if col not in frame.columns]
     if absent:
-        raise DataError(f"--from-table {path.name}: no column for {', '.join(absent)}. "
+        raise DataError(f"--from-table {name}: no column for {', '.join(absent)}. "
                         f"The columns found: {', '.join(map(str, frame.columns))}.")
     classes = frame[label].dropna().unique()
     if len(classes) > MAX_CLASSES or len(classes) < 2:
@@ -145,7 +150,7 @@ def data_section(inferred: Inferred, source: str) -> str:
            if cols["derive_record_id"] else ""),
         f"    subject_id: {_yaml_value(cols['subject_id'])}",
         f"    label: {_yaml_value(cols['label'])}",
-        "    # written by `oblivio init --from-table` from the file's schema: review each kind",
+        "    # written by `oblivio init` from the table's schema (not its values): review each kind",
         "    # (numeric | categorical | datetime | excluded; a categorical may declare a vocabulary)",
         "    features:",
     ]
@@ -188,3 +193,20 @@ def init_from_table(directory: Path, table: Path, *, subject_id: str | None, lab
     lines += [f"  {col:<{width}}  {kind}: {why}" for col, kind, why in inferred.decisions]
     lines += [f"warning: {w}" for w in inferred.warnings]
     return ws, "\n".join(lines)
+
+
+# Built-ins whose params.yaml `init --source` writes from their schema, as --from-table would.
+BUILTIN_ROLES = {"builtin:psid": {"subject_id": "id", "label": "label", "record_id": "record_id"}}
+
+
+def builtin_params(template: str, source: str) -> str | None:
+    """params.yaml for a built-in listed in BUILTIN_ROLES (None for the others: the template fits them)."""
+    if source not in BUILTIN_ROLES:
+        return None
+    from oblivio.data.sources import BUILTIN
+
+    frame = BUILTIN[source]()
+    roles = BUILTIN_ROLES[source]
+    kinds = {c: _pandas_kind(frame[c].dtype) for c in frame.columns}
+    inferred = _infer(frame, kinds, source, **roles)
+    return params_text(template, inferred, source)
