@@ -21,6 +21,9 @@ def render_version_report(summary: dict) -> str:
         f"- held-out accuracy: **{_fmt(m['accuracy'])}**"
         + (f" (single non-sharded model: {_fmt(m['baseline_accuracy'])})" if "baseline_accuracy" in m else ""),
     ]
+    per_class = m.get("per_class_accuracy") or {}
+    if per_class:
+        lines.append("- accuracy per class: " + ", ".join(f"{name} {_fmt(acc)}" for name, acc in per_class.items()))
     if summary.get("champion_before"):
         lines.append(f"- champion before this run: v{summary['champion_before']} "
                      f"(accuracy {_fmt((summary.get('champion_metrics') or {}).get('accuracy'))})")

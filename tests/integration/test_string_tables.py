@@ -45,6 +45,8 @@ def test_class_names_are_the_users(erased):
     _, _, before, _, _ = erased
     assert set(before["metrics"]["per_class_accuracy"]) == {"no", "yes"}
     assert before["metrics"]["accuracy"] > 0.6
+    review = cli(erased[0], "review").stdout
+    assert "accuracy per class: no " in review and ", yes " in review
 
 
 def test_erasing_the_last_person_with_a_rare_category_touches_one_shard_only(erased):

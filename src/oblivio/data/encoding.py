@@ -16,7 +16,8 @@ Per kind (a column's block of the input, in declaration order):
 - categorical with a declared `vocabulary`: one-hot over the vocabulary plus an "other"
   bucket, plus a missing indicator.
 - datetime: the declared `parts` (default year, month, day, weekday) of the UTC time, each
-  as a numeric value (signed log1p), plus one missing indicator (a missing time: parts 0).
+  as a numeric value (signed log1p; the year as years since 2000), plus one missing
+  indicator (a missing time: parts 0).
 
 A value's token is its text: integral numbers without a decimal point (so a code read as
 3, 3.0 or "3" is the same category), booleans as 1/0 (as a nullable boolean read as a
@@ -36,6 +37,7 @@ from oblivio.errors import DataError
 
 DEFAULT_BUCKETS = 64
 DEFAULT_DATETIME_PARTS = ("year", "month", "day", "weekday")
+YEAR_EPOCH = 2000  # a datetime's year part is years since 2000: a fixed constant, not the data's
 SOURCE_TYPES = ("double", "long", "boolean", "string", "datetime")  # MLflow column types of the raw data
 
 
@@ -206,6 +208,8 @@ def _datetime(series: pd.Series, col: ColumnEncoding) -> np.ndarray:
     for part in col.parts:
         values = (times.dt.dayofweek if part == "weekday" else getattr(times.dt, part)).to_numpy(np.float64,
                                                                                                  na_value=0.0)
+        if part == "year":
+            values = np.where(missing, 0.0, values - YEAR_EPOCH)  # log1p(2020) and log1p(2021) barely differ
         parts.append(np.sign(values) * np.log1p(np.abs(values)))
     return np.stack([*parts, missing.astype(np.float64)], axis=1)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from oblivio.data.encoding import infer_kind
 from oblivio.data.identifiers import IdentifierScan, candidate
 from oblivio.data.sources import BATCH_ROWS
 from oblivio.errors import DataError
@@ -110,7 +111,8 @@ def _infer(frame: pd.DataFrame, kinds: dict, name: str, *, subject_id: str, labe
             continue
         kind, why = kinds[col]
         decisions.append((str(col), kind, why))
-        features.append(str(col) if kind != "excluded" else {"name": str(col), "kind": "excluded"})
+        plain = kind == infer_kind(frame[col].dtype)  # a plain name reads as this kind at run time
+        features.append(str(col) if plain else {"name": str(col), "kind": kind})
         if kind != "excluded" and candidate(frame[col].dtype, kind):
             scanned.append(col)
     scan = IdentifierScan(scanned, subject_id)
@@ -197,6 +199,9 @@ def init_from_table(directory: Path, table: Path, *, subject_id: str | None, lab
 
 # Built-ins whose params.yaml `init --source` writes from their schema, as --from-table would.
 BUILTIN_ROLES = {"builtin:psid": {"subject_id": "id", "label": "label", "record_id": "record_id"}}
+# ... and the columns whose integers are codes: PSID's 7 survey years (as a number, log1p(1976)
+# and log1p(1982) would barely differ, and wages rose year on year)
+BUILTIN_CODES = {"builtin:psid": {"year": "survey year, 7 values: categorical (as codes)"}}
 
 
 def builtin_params(template: str, source: str) -> str | None:
@@ -208,5 +213,6 @@ def builtin_params(template: str, source: str) -> str | None:
     frame = BUILTIN[source]()
     roles = BUILTIN_ROLES[source]
     kinds = {c: _pandas_kind(frame[c].dtype) for c in frame.columns}
+    kinds.update({c: ("categorical", why) for c, why in BUILTIN_CODES.get(source, {}).items()})
     inferred = _infer(frame, kinds, source, **roles)
     return params_text(template, inferred, source)
