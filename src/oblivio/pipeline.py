@@ -157,8 +157,7 @@ def ingest(root: Path, *, batch_rows: int = BATCH_ROWS, reslice: bool = False) -
 
 
 def identifier_scan(encoder: Encoder, subject_id: str) -> IdentifierScan:
-    return IdentifierScan([c.name for c in encoder.columns if candidate(np.dtype("int64") if c.source_type == "long"
-                                                                          else object, c.kind)], subject_id)
+    return IdentifierScan([c.name for c in encoder.columns if candidate(c.kind, c.source_type == "long")], subject_id)
 
 
 def _encoding_key(ws: Workspace) -> str:

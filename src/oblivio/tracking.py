@@ -55,12 +55,12 @@ def ensure_experiment(cfg: MlflowConfig) -> str:
     return exp.experiment_id
 
 
-def _dataset(name: str, digest: str, uri: str, columns: list[str]):
+def _dataset(name: str, digest: str, uri: str, columns: list[str], types: dict[str, str] | None = None):
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.types import ColSpec, Schema
 
-    schema = Schema([ColSpec("double", c) for c in columns])
+    schema = Schema([ColSpec((types or {}).get(c, "double"), c) for c in columns])
     return MetaDataset(source=resolve_dataset_source(uri), name=name, digest=digest[:36], schema=schema)
 
 
@@ -101,7 +101,8 @@ def numeric_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
 
 def log_pipeline_run(cfg: MlflowConfig, *, run_name: str, params: dict[str, Any], tags: dict[str, str],
                      dataset: dict, shards: list[dict], metrics: dict, models_dir: Path,
-                     features: list[str], labels: list, feature_types: dict[str, str] | None = None, artifacts: dict[str, Path] | None = None) -> dict:
+                     features: list[str], labels: list, feature_types: dict[str, str] | None = None,
+                     artifacts: dict[str, Path] | None = None) -> dict:
     """Log the parent run, per-shard child runs and the registered ensemble; returns ids."""
     import oblivio
 
@@ -114,8 +115,10 @@ def log_pipeline_run(cfg: MlflowConfig, *, run_name: str, params: dict[str, Any]
         warnings.filterwarnings("ignore", message=".*dataset source can be interpreted.*")
         mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()})
         mlflow.set_tags(tags)
-        mlflow.log_input(_dataset("train-shards", dataset["version"], dataset["uri"], features), context="training")
-        mlflow.log_input(_dataset("holdout", dataset["holdout_version"], dataset["holdout_uri"], features),
+        mlflow.log_input(_dataset("train-shards", dataset["version"], dataset["uri"], features, feature_types),
+                         context="training")
+        mlflow.log_input(_dataset("holdout", dataset["holdout_version"], dataset["holdout_uri"], features,
+                                  feature_types),
                          context="evaluation")
         for path in (artifacts or {}).values():
             mlflow.log_artifact(str(path))

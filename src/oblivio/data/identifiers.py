@@ -17,8 +17,9 @@ NEAR_UNIQUE = 0.9
 MIN_ROWS, MIN_SUBJECTS = 50, 20
 
 
-def candidate(dtype, kind: str) -> bool:
-    return kind == "categorical" or (kind == "numeric" and pd.api.types.is_integer_dtype(dtype))
+def candidate(kind: str, integer: bool) -> bool:
+    """Whether a feature of this kind (integer-typed or not) is scanned."""
+    return kind == "categorical" or (kind == "numeric" and integer)
 
 
 class IdentifierScan:
@@ -58,5 +59,6 @@ class IdentifierScan:
                            f"{int(present.sum())} rows. Declare it `kind: excluded` unless it really is a feature.")
             elif n_subjects >= MIN_SUBJECTS and pairs == distinct and distinct >= NEAR_UNIQUE * n_subjects:
                 out.append(f"feature column {c!r} looks like an identifier: each of its {distinct} values belongs to "
-                           f"one person ({n_subjects} people). Declare it `kind: excluded` unless it really is a feature.")
+                           f"one person ({n_subjects} people). Declare it `kind: excluded` unless it really is "
+                           "a feature.")
         return out

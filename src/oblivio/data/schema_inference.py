@@ -113,7 +113,7 @@ def _infer(frame: pd.DataFrame, kinds: dict, name: str, *, subject_id: str, labe
         decisions.append((str(col), kind, why))
         plain = kind == infer_kind(frame[col].dtype)  # a plain name reads as this kind at run time
         features.append(str(col) if plain else {"name": str(col), "kind": kind})
-        if kind != "excluded" and candidate(frame[col].dtype, kind):
+        if kind != "excluded" and candidate(kind, pd.api.types.is_integer_dtype(frame[col].dtype)):
             scanned.append(col)
     scan = IdentifierScan(scanned, subject_id)
     for start in range(0, len(frame), BATCH_ROWS):
@@ -135,7 +135,8 @@ def _label_domain(classes) -> list:
 def _yaml_value(value) -> str:
     import yaml
 
-    return yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip().removesuffix("...").strip()
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False)
+    return text.strip().removesuffix("...").strip()
 
 
 def data_section(inferred: Inferred, source: str) -> str:
