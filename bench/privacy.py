@@ -69,7 +69,8 @@ def audit_seconds(ws: Path, reports_dir: Path, repeats: int = 3) -> tuple[float,
     ensemble = Ensemble.load(ws / "models")
     raw, y = holdout_arrays(Workspace(ws))
     kwargs = dict(ensemble=ensemble, holdout=(ensemble.shard_logits(ensemble.featurize(raw)), y),
-                  shards_dir=ws / "data" / "shards", n_shards=p["sisa"]["shards"], features=cols["features"],
+                  shards_dir=ws / "data" / "shards", n_shards=p["sisa"]["shards"],
+                  features=list(Workspace(ws).params.data.columns.features),  # names: entries may be mappings
                   label=cols["label"], labels=p["data"]["label_domain"], reports_dir=reports_dir, seed=p["seed"])
     calls = []
     for _ in range(1 + repeats):

@@ -59,9 +59,11 @@ class Ensemble:
                    tuple(entry["weights_sha256"] for entry in manifest["shards"]))
 
     def featurize(self, raw: pd.DataFrame | np.ndarray) -> torch.Tensor:
-        """Model inputs of raw rows: the recipe's encoder on a frame of raw columns (a recipe
-        without one, from before encoders, takes the old numeric matrix)."""
+        """Model inputs of raw rows: the recipe's encoder on a frame of raw columns, or on a matrix
+        of them in feature order (a recipe without an encoder, from before them, takes the matrix)."""
         if self.recipe.encoding is not None:
+            if not isinstance(raw, pd.DataFrame):  # a matrix of the feature columns, in their order
+                raw = pd.DataFrame(np.asarray(raw), columns=self.recipe.encoding.names)
             return torch.from_numpy(self.recipe.encoding.transform(raw))
         return torch.from_numpy(featurize(np.asarray(raw, dtype=np.float64), self.recipe.model))
 
