@@ -6,6 +6,8 @@ Every problem in a file is collected before raising, so a user fixes them all in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import types
 import typing
@@ -397,8 +399,11 @@ def params_as_flat_dict(params: Params) -> dict[str, Any]:
             if dataclasses.is_dataclass(value):
                 walk(value, key + ".")
             elif f.name == "feature_specs":  # declared kinds: column names and options, no data
-                flat[key] = [{k: v for k, v in dataclasses.asdict(s).items() if v not in ("", 0, (), None)}
-                             for s in value if s.kind or s.vocabulary or s.buckets or s.parts]
+                declared = [{k: v for k, v in dataclasses.asdict(s).items() if v not in ("", 0, (), None)}
+                            for s in value if s.kind or s.vocabulary or s.buckets or s.parts]
+                text = json.dumps(declared, default=list)
+                # MLflow caps a param at 6,000 characters: long vocabularies are logged by digest
+                flat[key] = declared if len(text) <= 5000 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
             else:
                 flat[key] = list(value) if isinstance(value, tuple) else value
 

@@ -446,3 +446,15 @@ def test_a_copied_workspace_is_refused_before_it_touches_the_originals_artifacts
         tracking.ensure_experiment(load_mlflow_config(mlflow_yaml, copy_))
     assert str(original.resolve() / "mlartifacts") in str(exc.value)
     assert tracking.ensure_experiment(load_mlflow_config(mlflow_yaml, original)) == experiment
+
+
+def test_declared_feature_kinds_are_logged_as_params_and_long_vocabularies_by_digest() -> None:
+    from oblivio.config import params_as_flat_dict
+
+    short = parse_params({"data": {"columns": {"features": [
+        "a", {"name": "plan", "kind": "categorical", "vocabulary": ["basic", "pro"]}]}}})
+    assert params_as_flat_dict(short)["data.columns.feature_specs"] == [
+        {"name": "plan", "kind": "categorical", "vocabulary": ("basic", "pro")}]
+    long = parse_params({"data": {"columns": {"features": [
+        {"name": "zip", "kind": "categorical", "vocabulary": [f"{i:05d}" for i in range(2000)]}]}}})
+    assert params_as_flat_dict(long)["data.columns.feature_specs"].startswith("sha256:")
