@@ -382,6 +382,19 @@ def cmd_numerics(args) -> int:
     return 0 if not problems else 4
 
 
+def cmd_verify_certificate(args) -> int:
+    """Check a deletion certificate offline: no workspace, no secret, only the public key."""
+    from oblivio import signing
+
+    cert = signing.read_certificate(Path(args.file))
+    checks = signing.verify_certificate(cert, signing.read_public_key(Path(args.public_key)))
+    ok = all(c["ok"] for c in checks)
+    human = "\n".join(f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" for c in checks)
+    _emit({"ok": ok, "request_id": cert.get("request_id"), "checks": checks}, args.json,
+          human + f"\n{'certificate verified' if ok else 'CERTIFICATE NOT VERIFIED'}")
+    return 0 if ok else 3
+
+
 def cmd_stage(args) -> int:
     """One dvc.yaml stage, run without Prefect: what `dvc repro` calls."""
     ws = _workspace(args)
@@ -482,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "honour); --env prints the variables to start Dask workers with")
     p.add_argument("--mode", choices=["portable", "native"], help="default: OBLIVIO_NUMERICS, else portable")
     p.add_argument("--env", action="store_true", help="print `export` lines for workers started by hand")
+
+    p = command("verify-certificate", cmd_verify_certificate,
+                "check a deletion certificate's signature and consistency offline (no workspace needed)")
+    p.add_argument("file", help="a certificate (certificates/<request>.json)")
+    p.add_argument("--public-key", required=True, metavar="KEY",
+                   help="the workspace's exported public key (signing-key.pub in its root)")
 
     p = command("stage", cmd_stage, "run one dvc.yaml stage without Prefect (what `dvc repro` calls)")
     p.add_argument("stage", choices=["ingest", "train", "evaluate"])
