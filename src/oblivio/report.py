@@ -33,8 +33,15 @@ def render_version_report(summary: dict) -> str:
                   f"- ensemble, population attack: AUC {_fmt(mia['ensemble_auc'])}, "
                   f"TPR@1%FPR {_fmt(mia['ensemble_tpr_at_1pct_fpr'])}",
                   f"- shard models, offline LiRA (the other shards as references): mean AUC "
-                  f"{_fmt(mia['shard_auc_mean'])}, worst AUC {_fmt(mia['max_auc'])}, "
+                  f"{_fmt(mia['shard_auc_mean'])}",
+                  f"- worst over every attack: AUC {_fmt(mia['max_auc'])}, "
                   f"worst TPR@1%FPR {_fmt(mia['max_tpr_at_1pct_fpr'])}, TPR@0.1%FPR {_fmt(mia['max_tpr_at_0_1pct_fpr'])}"]
+        if "rmia_max_auc" in mia:
+            lines.append(f"- shard models, offline RMIA (same references): mean AUC {_fmt(mia['rmia_shard_auc_mean'])}, "
+                         f"worst AUC {_fmt(mia['rmia_max_auc'])}, worst TPR@1%FPR "
+                         f"{_fmt(mia['rmia_max_tpr_at_1pct_fpr'])}; LiRA's worst AUC {_fmt(mia['lira_max_auc'])}")
+        if "worst_attack" in mia:
+            lines.append(f"- the gates read the worst of all attacks (highest AUC: {mia['worst_attack']})")
         if "forget_set_auc" in mia:
             lines.append(f"- erased rows ({mia.get('forget_set_subjects', '?')} people) vs held-out people: AUC "
                          f"{_fmt(mia['forget_set_auc'])} (near 0.5 expected; "
