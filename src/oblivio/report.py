@@ -49,10 +49,19 @@ def render_version_report(summary: dict) -> str:
         lines.append("- few reference models make the 0.1% FPR figure noisy; see mia.json for intervals")
     dp = m.get("dp")
     if dp:
-        lines += ["", f"**Differential privacy** (DP-SGD, {dp.get('accountant', '')} accountant): record-level "
-                  f"epsilon {_fmt(dp['record_epsilon'])} at delta {dp['delta']:g} (max over disjoint shards); "
-                  f"subject-level bound epsilon {_fmt(dp['subject_epsilon'])} for up to "
-                  f"{dp['max_records_per_subject']} records per subject. {dp.get('note', '')}"]
+        if dp.get("unit") == "subject":
+            lines += ["", f"**Differential privacy** (subject-level DP-SGD, {dp.get('accountant', '')} accountant): "
+                      f"epsilon {_fmt(dp['subject_epsilon'])} at delta {dp['subject_delta']:g} **per person**, for "
+                      f"all of their records (max over disjoint shards). {dp.get('note', '')}"]
+        else:
+            lines += ["", f"**Differential privacy** (DP-SGD, {dp.get('accountant', '')} accountant): record-level "
+                      f"epsilon {_fmt(dp['record_epsilon'])} at delta {dp['delta']:g} (max over disjoint shards); "
+                      f"subject-level bound epsilon {_fmt(dp['subject_epsilon'])} for up to "
+                      f"{dp['max_records_per_subject']} records per subject. {dp.get('note', '')}"]
+        if "audit_epsilon_lower" in dp:
+            lines.append(f"- empirical audit (`oblivio audit-dp`, one run, {dp.get('audit_canaries')} canaries): "
+                         f"epsilon lower bound {_fmt(dp['audit_epsilon_lower'])} beside epsilon "
+                         f"{_fmt(dp.get(dp.get('unit', 'record') + '_epsilon'))}")
     elif "mia" in m:
         lines += ["", "**Differential privacy**: off (no formal guarantee; the MIA audit is the evidence)."]
     if summary.get("requests"):
@@ -75,7 +84,8 @@ def render_review(review: dict) -> str:
         return {"version": v["version"], "aliases": ",".join(v["aliases"]) or "–", "data": v["data_version"][:12],
                 "accuracy": _fmt(m.get("accuracy")), "mia_auc": _fmt(m.get("mia", {}).get("max_auc")),
                 "mia_tpr": _fmt(m.get("mia", {}).get("max_tpr_at_1pct_fpr")),
-                "epsilon": _fmt(m.get("dp", {}).get("record_epsilon")) if m.get("dp") else "off",
+                "epsilon": (f"{_fmt(m['dp'].get(m['dp'].get('unit', 'record') + '_epsilon'))} per "
+                            f"{'person' if m['dp'].get('unit') == 'subject' else 'record'}") if m.get("dp") else "off",
                 "gates": "all passed" if v["gates_passed"] else "FAILED: " + ", ".join(v["failed_gates"]),
                 "promotion": v["promotion"]}
 
