@@ -145,6 +145,8 @@ def _check_signature(cert: dict, public_key) -> dict:
         return _check("signature", False, "signed by a different key than the one given (key fingerprints differ)")
     try:
         value = base64.b64decode(sig["value"], validate=True)
+        if base64.b64encode(value).decode() != sig["value"]:  # unused bits or padding changed: not as signed
+            raise ValueError("non-canonical base64")
         public_key.verify(value, canonical_bytes(cert))
     except (ValueError, InvalidSignature):
         return _check("signature", False, "the signature does not match the content: the certificate was altered")

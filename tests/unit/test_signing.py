@@ -60,11 +60,13 @@ def test_valid_certificate_verifies_and_ignores_formatting(keys):
                                                            signing.read_public_key(pub)))
 
 
-def test_every_tampered_byte_fails(tmp_path, keys):
-    """Flip each byte of each value's text in turn: not one altered certificate verifies."""
-    key, pub = keys
-    public = signing.read_public_key(pub)
-    signed = signing.sign(certificate(), key)
+@pytest.mark.parametrize("seed", range(3))
+def test_every_tampered_byte_fails(tmp_path, seed):
+    """Flip each byte of each value's text in turn: not one altered certificate verifies (the
+    signature's own text included: base64's unused last bits would decode to the same bytes)."""
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key()
+    signed = signing.sign({**certificate(), "request_id": f"req-{seed}"}, key)
     text = json.dumps(signed, sort_keys=True)
     tried = 0
     for i, ch in enumerate(text):
@@ -147,3 +149,20 @@ def test_unreadable_private_key_is_refused(tmp_path):
     private.write_text("garbage")
     with pytest.raises(WorkspaceError, match="Restore it from backup"):
         signing.load_or_create_signing_key(private, tmp_path / "signing-key.pub")
+
+
+def test_signature_text_must_be_the_canonical_base64(keys):
+    """A flipped unused bit in the last base64 character decodes to the same signature bytes;
+    it is still an altered certificate, and it fails."""
+    import base64
+    import string
+
+    key, _ = keys
+    signed = signing.sign(certificate(), key)
+    value = signed["signature"]["value"]
+    assert value.endswith("==")  # 64 bytes: the last data character carries 2 bits, 4 unused
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
+    altered = value[:-3] + alphabet[alphabet.index(value[-3]) ^ 1] + "=="
+    assert base64.b64decode(altered) == base64.b64decode(value)
+    forged = {**signed, "signature": {**signed["signature"], "value": altered}}
+    assert not signing.verify_certificate(forged, key.public_key())[0]["ok"]
