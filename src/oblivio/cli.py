@@ -343,6 +343,79 @@ def cmd_scenario(args) -> int:
     return 0
 
 
+def cmd_audit_dp(args) -> int:
+    """Canaries in a scratch copy, train with and without DP, bound epsilon from one run each."""
+    import shutil
+    import tempfile
+
+    ws = _workspace(args)
+    from oblivio import dp_audit
+
+    dp_audit.require_canaries(args.canaries)
+    scratch = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="oblivio-audit-dp-"))
+    began = time.perf_counter()
+    user_mlflow = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    try:
+        table = dp_audit.source_table(ws.root)
+        runs = {"private": True, "non_private": False} if ws.params.dp.enabled else {"non_private": False}
+        secret, canaries, included, bounds = dp_audit.scratch_secret(ws.secret, args.seed), None, None, {}
+        for name, dp_on in runs.items():
+            sc = _scratch_workspace(ws, scratch / name, secret=secret, dp_enabled=dp_on)
+            if canaries is None:
+                canaries, included = dp_audit.make_canaries(table, scratch=sc, m=args.canaries,
+                                                            seed=dp_audit.seeds(ws.secret, args.seed))
+                dp_audit.with_canaries(table, canaries, included).to_parquet(scratch / "table.parquet", index=False)
+            print(f"audit-dp: {len(canaries)} canaries ({int(included.sum())} included); training "
+                  f"{'with' if dp_on else 'without'} DP", file=sys.stderr, flush=True)
+            _flow_in(sc, args, "pipeline")
+            bounds[name] = dp_audit.audit(sc.root, canaries, included, delta=ws.params.dp.delta)
+            if dp_on:
+                bounds[name]["unit"], bounds[name]["epsilon"] = dp_audit.epsilon_of_run(sc.root)
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+        for name, value in user_mlflow.items():  # MLflow exported the scratch runs' URIs
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+    private = bounds.get("private")
+    result = {**(private or bounds["non_private"]), "dp_enabled": private is not None,
+              "non_private_epsilon_lower": bounds["non_private"]["epsilon_lower"], "runs": bounds,
+              "seconds": time.perf_counter() - began}
+    result.setdefault("unit", None)
+    result.setdefault("epsilon", None)
+    result["ok"] = private is None or private["epsilon_lower"] <= private["epsilon"]
+    result["model_version"] = dp_audit.record(ws.root, result) if private else None
+    human = (f"audit-dp: {result['canaries']} canaries, {result['confidence']:.0%} confidence, delta {result['delta']:g}\n"
+             + (f"with DP ({result['unit']} level): epsilon lower bound {private['epsilon_lower']:.4f} <= "
+                f"epsilon {private['epsilon']:.4f}: {'consistent' if result['ok'] else 'VIOLATED'}\n" if private else
+                "DP is off in this workspace: only the non-private audit ran\n")
+             + f"without DP: epsilon lower bound {result['non_private_epsilon_lower']:.4f}\n"
+             + f"done in {result['seconds']:.1f} s")
+    _emit(result, args.json, human)
+    dp_audit.require_sound(result)
+    return 0
+
+
+def _scratch_workspace(ws, root: Path, *, secret: str, dp_enabled: bool):
+    """A fresh workspace on the scratch table, with this workspace's params (DP on or off)."""
+    import yaml
+
+    from oblivio.workspace import Workspace, init_workspace
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # each scratch copy tracks in its own store
+        os.environ.pop(name, None)
+    sc = init_workspace(root)
+    sc.secret_path.write_text(secret)
+    params = yaml.safe_load((ws.root / "params.yaml").read_text())
+    params["data"]["source"] = str(root.parent / "table.parquet")
+    params["data"]["limit_subjects"] = 0  # the scratch table is already the sample
+    params.setdefault("dp", {})["enabled"] = dp_enabled
+    params.setdefault("report", {})["baseline"] = False
+    (sc.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sc = Workspace(sc.root)
+    _ = sc.params
+    return sc
+
+
 def _flow_in(ws, args, which: str) -> dict:
     from flows.server import prefect_api
 
@@ -386,6 +459,19 @@ def cmd_numerics(args) -> int:
         _emit(result, args.json, f"{here.describe()}: " + ("can train and replay here" if not problems
                                                              else "cannot honour it here: " + "; ".join(problems)))
     return 0 if not problems else 4
+
+
+def cmd_verify_certificate(args) -> int:
+    """Check a deletion certificate offline: no workspace, no secret, only the public key."""
+    from oblivio import signing
+
+    cert = signing.read_certificate(Path(args.file))
+    checks = signing.verify_certificate(cert, signing.read_public_key(Path(args.public_key)))
+    ok = all(c["ok"] for c in checks)
+    human = "\n".join(f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" for c in checks)
+    _emit({"ok": ok, "request_id": cert.get("request_id"), "checks": checks}, args.json,
+          human + f"\n{'certificate verified' if ok else 'CERTIFICATE NOT VERIFIED'}")
+    return 0 if ok else 3
 
 
 def cmd_stage(args) -> int:
@@ -492,6 +578,20 @@ def build_parser() -> argparse.ArgumentParser:
                 "honour); --env prints the variables to start Dask workers with")
     p.add_argument("--mode", choices=["portable", "native"], help="default: OBLIVIO_NUMERICS, else portable")
     p.add_argument("--env", action="store_true", help="print `export` lines for workers started by hand")
+
+    p = command("audit-dp", cmd_audit_dp, "bound epsilon empirically from one training run with canaries "
+                "(Steinke et al. 2023), with and without DP, in scratch copies of this workspace's data")
+    p.add_argument("--canaries", type=int, default=1000, help="canaries, each included with probability 1/2 "
+                   "(default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep", metavar="DIR", help="keep the scratch workspaces in DIR instead of deleting them")
+    _add_executor_options(p)
+
+    p = command("verify-certificate", cmd_verify_certificate,
+                "check a deletion certificate's signature and consistency offline (no workspace needed)")
+    p.add_argument("file", help="a certificate (certificates/<request>.json)")
+    p.add_argument("--public-key", required=True, metavar="KEY",
+                   help="the workspace's exported public key (signing-key.pub in its root)")
 
     p = command("stage", cmd_stage, "run one dvc.yaml stage without Prefect (what `dvc repro` calls)")
     p.add_argument("stage", choices=["ingest", "train", "evaluate"])

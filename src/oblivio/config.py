@@ -91,7 +91,8 @@ class DpParams:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "prv"  # prv | rdp
-    grad_sample_mode: str = "ghost"  # ghost (ghost clipping, fastest here) | hooks
+    grad_sample_mode: str = "ghost"  # ghost (ghost clipping, fastest here) | hooks; record unit only
+    unit: str = "subject"  # subject (sample people, clip each person's contribution) | record
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class GateParams:
     max_accuracy_regression: float = 0.01  # vs the current champion, absolute
     max_mia_auc: float = 0.75  # worst membership-inference AUC (ensemble and every shard model)
     max_mia_tpr_at_1pct_fpr: float = 0.1  # worst attack TPR at 1 % FPR
-    max_epsilon: float = 10.0  # record-level DP epsilon, when dp.enabled
+    max_epsilon: float = 10.0  # DP epsilon at dp.unit (per person or per record), when dp.enabled
     max_forget_set_auc: float = 0.6  # after an erasure: erased rows must score like non-members
     min_forget_set_subjects: int = 20  # ... judged only from this many erased people on
     require_approval: bool = False
@@ -150,6 +151,7 @@ CHOICES = {
     "train.numerics": ("portable", "native"),
     "dp.accountant": ("prv", "rdp"),
     "dp.grad_sample_mode": ("ghost", "hooks"),
+    "dp.unit": ("subject", "record"),
     "executor.kind": ("sequential", "thread", "process", "dask"),
 }
 POSITIVE = {"sisa.slices", "train.epochs_per_slice", "train.batch_size", "executor.max_workers"}

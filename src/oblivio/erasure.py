@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from oblivio import lineage, tracking
+from oblivio import lineage, signing, tracking
 from oblivio.data.columns import RECORD_KEY, SHARD, SLICE, SUBJECT_KEY
 from oblivio.data.sharding import DatasetWriter, Spill, rewrite_partition, shard_path
 from oblivio.errors import RequestError
@@ -328,13 +328,15 @@ def finish(root: Path, *, batch: dict, registered: dict, promoted: dict, shards:
         ws.certificates_dir.mkdir(exist_ok=True)
         paths = {}
         for request_id in ids:
-            cert = certificate(ws, ledger.get(request_id), batch=batch, registered=registered, promoted=promoted,
-                               shards=shards, purged=purged, applied=applied)
+            cert = signing.sign(certificate(ws, ledger.get(request_id), batch=batch, registered=registered,
+                                            promoted=promoted, shards=shards, purged=purged, applied=applied),
+                                ws.signing_key)
             path = ws.certificates_dir / f"{request_id}.json"
             path.write_text(json.dumps(cert, indent=1, sort_keys=True))
             ledger.save_certificate(request_id, cert)
             paths[request_id] = str(path)
-        tracking.attach_files(ws.mlflow, registered["run_id"], list(paths.values()), "certificates")
+        tracking.attach_files(ws.mlflow, registered["run_id"], [*paths.values(), str(ws.public_key_path)],
+                              "certificates")
         if promoted["promoted"]:
             ledger.mark_promoted(ids, outcome=outcome)
         return {"certificates": paths, "purge": purged}

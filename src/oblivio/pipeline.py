@@ -135,7 +135,8 @@ def ingest(root: Path, *, batch_rows: int = BATCH_ROWS, reslice: bool = False) -
             out.write_layout(layout)
             holdout_subjects = _write_holdout(out, spill.holdout())
             out.commit()
-    calibration = calibrate_dp(ws, [s["stages"] for s in shards if s["rows"]])
+    unit_stages = "subject_stages" if params.dp.unit == "subject" else "stages"
+    calibration = calibrate_dp(ws, [s[unit_stages] for s in shards if s["rows"]])
     return {
         "dp_noise_multiplier": calibration["noise_multiplier"] if calibration else None,
         "n_records": spill.train_rows,
@@ -221,12 +222,13 @@ def _write_shard(out: DatasetWriter, k: int, rows: pd.DataFrame, n_slices: int, 
 
     A person's rows all sit in one shard, so people can be counted shard by shard.
     """
-    from oblivio.training.dp import stage_sizes
+    from oblivio.training.dp import stage_sizes, subject_stage_sizes
 
     rows, arrived = settle_slices(rows, placed, n_slices)
     out.write_shard(k, rows)
     per_subject = rows.groupby(SUBJECT_KEY).size()
     return {"rows": len(rows), "subjects": len(per_subject), "stages": stage_sizes(rows[SLICE].to_numpy(), n_slices),
+            "subject_stages": subject_stage_sizes(rows[SLICE].to_numpy(), rows[SUBJECT_KEY].to_numpy(), n_slices),
             "max_per_subject": int(per_subject.max()) if len(per_subject) else 0, "arrived": arrived,
             "newest_share": float((rows[SLICE] == n_slices - 1).mean()) if len(rows) else 0.0}
 
@@ -260,13 +262,16 @@ def _dp_calibration_key(ws: Workspace) -> str:
     p = ws.params
     inputs = [p.dp.target_epsilon, p.dp.delta, p.dp.accountant, p.train.batch_size, p.train.epochs_per_slice,
               p.sisa.shards, p.sisa.slices]
+    if p.dp.unit != "record":  # record-level calibrations made before subject-level DP stay pinned
+        inputs.append(p.dp.unit)
     return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
 
 
 def calibrate_dp(ws: Workspace, shard_stages: list[list[int]]) -> dict | None:
     """Pin one noise multiplier for every shard, the first time DP is on with these settings.
 
-    `shard_stages`: records seen by each stage (`stage_sizes`), one list per non-empty shard.
+    `shard_stages`: records (or with dp.unit subject, people) seen by each stage
+    (`stage_sizes`, `subject_stage_sizes`), one list per non-empty shard.
     The largest multiplier any shard needs to stay within `target_epsilon` over all its
     stages. It is pinned, not recomputed per run: a multiplier that followed the shard
     sizes would change after every erasure, change the recipe, and retrain every shard.
@@ -286,7 +291,7 @@ def calibrate_dp(ws: Workspace, shard_stages: list[list[int]]) -> dict | None:
                                     target_epsilon=p.dp.target_epsilon, delta=p.dp.delta, accountant=p.dp.accountant)
               for stages in shard_stages]
     pinned = {"key": key, "noise_multiplier": max(sigmas), "target_epsilon": p.dp.target_epsilon,
-              "delta": p.dp.delta, "accountant": p.dp.accountant}
+              "delta": p.dp.delta, "accountant": p.dp.accountant, "unit": p.dp.unit}
     ws.dp_calibration_path.parent.mkdir(parents=True, exist_ok=True)
     ws.dp_calibration_path.write_text(json.dumps(pinned, indent=1))
     return pinned
@@ -304,7 +309,8 @@ def dp_spec(ws: Workspace):
     from oblivio.training.dp import DpSpec
 
     return DpSpec(noise_multiplier=pinned["noise_multiplier"], max_grad_norm=p.max_grad_norm, delta=p.delta,
-                  accountant=p.accountant, target_epsilon=p.target_epsilon, grad_sample_mode=p.grad_sample_mode)
+                  accountant=p.accountant, target_epsilon=p.target_epsilon, grad_sample_mode=p.grad_sample_mode,
+                  unit=p.unit)
 
 
 def label_index(ws: Workspace, labels: pd.Series) -> np.ndarray:
@@ -320,6 +326,7 @@ def shard_data(ws: Workspace, frame: pd.DataFrame) -> ShardData:
         y=label_index(ws, frame[cols.label]),
         slices=frame[SLICE].to_numpy(np.int64),
         record_keys=tuple(frame[RECORD_KEY].tolist()),
+        subjects=np.unique(frame[SUBJECT_KEY].to_numpy(), return_inverse=True)[1].astype(np.int64),
     )
 
 
@@ -424,7 +431,7 @@ def privacy_report(ws: Workspace, spec) -> dict:
     manifest = json.loads((ws.models_dir / MANIFEST).read_text())
     subjects = pd.concat([pq.read_table(p, columns=[SUBJECT_KEY]).to_pandas()
                           for p in ws.shards_dir.glob("shard=*/part.parquet")])
-    report = ensemble_privacy([s["epsilon"] for s in manifest["shards"]], delta=spec.delta,
+    report = ensemble_privacy([s["epsilon"] for s in manifest["shards"]], delta=spec.delta, unit=spec.unit,
                               max_records_per_subject=int(subjects.groupby(SUBJECT_KEY).size().max()))
     return {**report, "accountant": spec.accountant, "noise_multiplier": spec.noise_multiplier,
             "max_grad_norm": spec.max_grad_norm, "shard_epsilons": [s["epsilon"] for s in manifest["shards"]]}

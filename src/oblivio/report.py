@@ -36,8 +36,15 @@ def render_version_report(summary: dict) -> str:
                   f"- ensemble, population attack: AUC {_fmt(mia['ensemble_auc'])}, "
                   f"TPR@1%FPR {_fmt(mia['ensemble_tpr_at_1pct_fpr'])}",
                   f"- shard models, offline LiRA (the other shards as references): mean AUC "
-                  f"{_fmt(mia['shard_auc_mean'])}, worst AUC {_fmt(mia['max_auc'])}, "
+                  f"{_fmt(mia['shard_auc_mean'])}",
+                  f"- worst over every attack: AUC {_fmt(mia['max_auc'])}, "
                   f"worst TPR@1%FPR {_fmt(mia['max_tpr_at_1pct_fpr'])}, TPR@0.1%FPR {_fmt(mia['max_tpr_at_0_1pct_fpr'])}"]
+        if "rmia_max_auc" in mia:
+            lines.append(f"- shard models, offline RMIA (same references): mean AUC {_fmt(mia['rmia_shard_auc_mean'])}, "
+                         f"worst AUC {_fmt(mia['rmia_max_auc'])}, worst TPR@1%FPR "
+                         f"{_fmt(mia['rmia_max_tpr_at_1pct_fpr'])}; LiRA's worst AUC {_fmt(mia['lira_max_auc'])}")
+        if "worst_attack" in mia:
+            lines.append(f"- the gates read the worst of all attacks (highest AUC: {mia['worst_attack']})")
         if "forget_set_auc" in mia:
             lines.append(f"- erased rows ({mia.get('forget_set_subjects', '?')} people) vs held-out people: AUC "
                          f"{_fmt(mia['forget_set_auc'])} (near 0.5 expected; "
@@ -45,10 +52,19 @@ def render_version_report(summary: dict) -> str:
         lines.append("- few reference models make the 0.1% FPR figure noisy; see mia.json for intervals")
     dp = m.get("dp")
     if dp:
-        lines += ["", f"**Differential privacy** (DP-SGD, {dp.get('accountant', '')} accountant): record-level "
-                  f"epsilon {_fmt(dp['record_epsilon'])} at delta {dp['delta']:g} (max over disjoint shards); "
-                  f"subject-level bound epsilon {_fmt(dp['subject_epsilon'])} for up to "
-                  f"{dp['max_records_per_subject']} records per subject. {dp.get('note', '')}"]
+        if dp.get("unit") == "subject":
+            lines += ["", f"**Differential privacy** (subject-level DP-SGD, {dp.get('accountant', '')} accountant): "
+                      f"epsilon {_fmt(dp['subject_epsilon'])} at delta {dp['subject_delta']:g} **per person**, for "
+                      f"all of their records (max over disjoint shards). {dp.get('note', '')}"]
+        else:
+            lines += ["", f"**Differential privacy** (DP-SGD, {dp.get('accountant', '')} accountant): record-level "
+                      f"epsilon {_fmt(dp['record_epsilon'])} at delta {dp['delta']:g} (max over disjoint shards); "
+                      f"subject-level bound epsilon {_fmt(dp['subject_epsilon'])} for up to "
+                      f"{dp['max_records_per_subject']} records per subject. {dp.get('note', '')}"]
+        if "audit_epsilon_lower" in dp:
+            lines.append(f"- empirical audit (`oblivio audit-dp`, one run, {dp.get('audit_canaries')} canaries): "
+                         f"epsilon lower bound {_fmt(dp['audit_epsilon_lower'])} beside epsilon "
+                         f"{_fmt(dp.get(dp.get('unit', 'record') + '_epsilon'))}")
     elif "mia" in m:
         lines += ["", "**Differential privacy**: off (no formal guarantee; the MIA audit is the evidence)."]
     if summary.get("requests"):
@@ -71,7 +87,8 @@ def render_review(review: dict) -> str:
         return {"version": v["version"], "aliases": ",".join(v["aliases"]) or "–", "data": v["data_version"][:12],
                 "accuracy": _fmt(m.get("accuracy")), "mia_auc": _fmt(m.get("mia", {}).get("max_auc")),
                 "mia_tpr": _fmt(m.get("mia", {}).get("max_tpr_at_1pct_fpr")),
-                "epsilon": _fmt(m.get("dp", {}).get("record_epsilon")) if m.get("dp") else "off",
+                "epsilon": (f"{_fmt(m['dp'].get(m['dp'].get('unit', 'record') + '_epsilon'))} per "
+                            f"{'person' if m['dp'].get('unit') == 'subject' else 'record'}") if m.get("dp") else "off",
                 "gates": "all passed" if v["gates_passed"] else "FAILED: " + ", ".join(v["failed_gates"]),
                 "promotion": v["promotion"]}
 

@@ -41,6 +41,16 @@ class Workspace:
         return self.state_dir / "secret"
 
     @property
+    def signing_key_path(self) -> Path:
+        """The Ed25519 private key that signs deletion certificates (owner-only, never logged)."""
+        return self.state_dir / "signing-key.pem"
+
+    @property
+    def public_key_path(self) -> Path:
+        """The signing key's public half, for `oblivio verify-certificate --public-key`."""
+        return self.root / "signing-key.pub"
+
+    @property
     def ledger_path(self) -> Path:
         return self.state_dir / "ledger.db"
 
@@ -122,6 +132,12 @@ class Workspace:
     def secret(self) -> bytes:
         return load_or_create_secret(self.secret_path)
 
+    @cached_property
+    def signing_key(self):
+        from oblivio.signing import load_or_create_signing_key
+
+        return load_or_create_signing_key(self.signing_key_path, self.public_key_path)
+
     # --- discovery -------------------------------------------------------
     @classmethod
     def find(cls, start: Path | None = None) -> "Workspace":
@@ -174,7 +190,7 @@ def template_text(name: str) -> str:
 
 
 def init_workspace(target: Path, *, source: str | None = None, params: str | None = None) -> Workspace:
-    """Scaffold a workspace: config files, git + DVC repositories, local remote, secret.
+    """Scaffold a workspace: config files, git + DVC repositories, local remote, secret, signing key.
 
     `params`: the params.yaml text to write instead of the template (`init --from-table`)."""
     target = target.resolve()
@@ -198,7 +214,7 @@ def init_workspace(target: Path, *, source: str | None = None, params: str | Non
         shutil.rmtree(target / ".dvc", ignore_errors=True)
         raise
     ws = Workspace(target)
-    _ = ws.secret
+    _ = ws.secret, ws.signing_key
     return ws
 
 

@@ -45,6 +45,9 @@ def erased(tmp_path_factory):
     ws = csv_workspace(root)
     set_params(ws, {"data": {"source": str(source)}})
     before = cli_json(ws, "run")
+    assert (ws / ".oblivio" / "signing-key.pem").stat().st_mode & 0o077 == 0  # made by init, owner-only
+    for made_by_init in (ws / ".oblivio" / "signing-key.pem", ws / "signing-key.pub"):
+        made_by_init.unlink()  # as in a workspace made before certificates were signed
     checkpoints_before = file_digests(ws / "checkpoints")
     result = json.loads(cli(ws, "forget", "--subject", SUBJECT, "--reason", "GDPR art. 17 #881",
                             "--wait", "--json").stdout)
@@ -100,6 +103,30 @@ def test_no_copy_of_the_erased_person_remains_anywhere(erased):
     """Invariant 2: scan every file of the workspace (Parquet as tables, the rest as bytes)."""
     ws, _, _, _, _ = erased
     assert marker_hits(ws, MARKER, MARKER_VALUE) == []
+
+
+def test_certificate_is_signed_and_verifies_offline(erased, tmp_path):
+    """Away from the workspace, with only the exported public key: valid; one byte changed: not."""
+    ws, _, _, result, _ = erased
+    (request_id,) = result["request_ids"]
+    assert (ws / ".oblivio" / "signing-key.pem").stat().st_mode & 0o077 == 0  # created on first use
+    cert_file, key_file = tmp_path / "cert.json", tmp_path / "key.pub"
+    cert_file.write_bytes(Path(result["certificate"][request_id]).read_bytes())
+    key_file.write_bytes((ws / "signing-key.pub").read_bytes())
+    verified = cli_json(tmp_path, "verify-certificate", str(cert_file), "--public-key", str(key_file))
+    assert verified["ok"] and verified["request_id"] == request_id
+    text = cert_file.read_text()
+    cert_file.write_text(text.replace('"records_removed": 3', '"records_removed": 2'))
+    proc = cli(tmp_path, "verify-certificate", str(cert_file), "--public-key", str(key_file), check=False)
+    assert proc.returncode == 3 and "CERTIFICATE NOT VERIFIED" in proc.stdout
+    from oblivio.tracking import client
+    from oblivio.workspace import Workspace
+
+    cfg = Workspace(ws).mlflow
+    c = client(cfg)
+    run_id = c.get_model_version(cfg.model_name, str(result["model_version"])).run_id
+    logged = [a.path for a in c.list_artifacts(run_id, "certificates")]
+    assert "certificates/signing-key.pub" in logged and f"certificates/{request_id}.json" in logged
 
 
 def test_certificate_and_registry_say_what_happened(erased):

@@ -189,6 +189,17 @@ def test_epsilon_gate_reads_the_record_level_epsilon() -> None:
     assert evaluate_gates(_ctx({"dp": {"record_epsilon": 7.9}}))["max_epsilon"].passed is True
 
 
+def test_epsilon_gate_reads_the_configured_unit() -> None:
+    """Subject level: the per-person epsilon decides, not the record-level figure beside it."""
+    subject = {"unit": "subject", "subject_epsilon": 7.9, "record_epsilon": 15.8}
+    result = evaluate_gates(_ctx({"dp": subject}))["max_epsilon"]
+    assert result.passed is True and result.value == 7.9 and "subject-level" in result.detail
+    record = {"unit": "record", "record_epsilon": 7.9, "subject_epsilon": 118.5}
+    assert evaluate_gates(_ctx({"dp": record}))["max_epsilon"].value == 7.9
+    over = {"unit": "subject", "subject_epsilon": 10.5, "record_epsilon": 1.0}
+    assert evaluate_gates(_ctx({"dp": over}))["max_epsilon"].passed is False
+
+
 @pytest.mark.parametrize("low, passed", [(0.40, True), (0.59, True), (0.65, False)])
 def test_forget_set_gate_fails_only_on_significant_leakage(low: float, passed: bool) -> None:
     """A point AUC of 0.9 on a small forget set is noise; only the interval's lower end decides."""

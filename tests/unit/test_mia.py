@@ -15,8 +15,11 @@ from oblivio.audit.mia import (
     lira_offline_scores,
     logit_margin,
     probability_margin,
+    rmia_offline_scores,
     roc_curve,
+    shard_attacks,
     shard_lira,
+    true_label_log_prob,
     tpr_at_fpr,
 )
 from oblivio.audit.roc_plot import plot_roc
@@ -206,6 +209,79 @@ def test_shard_lira_is_at_chance_when_the_target_never_saw_the_records(noise_tas
         results = shard_lira(margins=train, member_of=noise_task["member_of"], holdout_margins=holdout, n_bootstrap=1)
         aucs.append(results[k].auc)
     assert 0.4 < np.mean(aucs) < 0.6, aucs
+
+
+def test_shard_rmia_detects_members_of_overfit_shards(noise_task):
+    results = shard_attacks(margins=noise_task["train"], member_of=noise_task["member_of"],
+                            holdout_margins=noise_task["holdout"], rmia=True, n_bootstrap=20)
+    assert [r.attack for r in results] == ([f"lira-offline/shard-{k}" for k in range(N_SHARDS)]
+                                           + [f"rmia-offline/shard-{k}" for k in range(N_SHARDS)])
+    for k, result in enumerate(results[N_SHARDS:]):
+        assert result.n_members == np.sum(noise_task["member_of"] == k) and result.n_nonmembers == N_HOLDOUT
+        assert result.auc > 0.75, result
+    lira_only = shard_attacks(margins=noise_task["train"], member_of=noise_task["member_of"],
+                              holdout_margins=noise_task["holdout"], n_bootstrap=20)
+    assert [r.to_json() for r in lira_only] == [r.to_json() for r in results[:N_SHARDS]]  # LiRA is unchanged
+
+
+def test_shard_rmia_is_at_chance_when_the_target_never_saw_the_records(noise_task):
+    aucs = []
+    for k in range(N_SHARDS):
+        train, holdout = noise_task["train"].copy(), noise_task["holdout"].copy()
+        train[:, k], holdout[:, k] = noise_task["unrelated_train"], noise_task["unrelated_holdout"]
+        results = shard_attacks(margins=train, member_of=noise_task["member_of"], holdout_margins=holdout,
+                                rmia=True, n_bootstrap=1)
+        aucs.append(results[N_SHARDS + k].auc)
+    assert 0.4 < np.mean(aucs) < 0.6, aucs
+
+
+def test_rmia_pairwise_test_by_hand():
+    """The paper's score: the share of population records z with LR(x, z) > gamma, where
+    LR(x, z) = (Pr(x|θ)/Pr(x)) / (Pr(z|θ)/Pr(z)) and Pr(x) = ((1+a)·mean_OUT + 1−a)/2."""
+    rng = np.random.default_rng(4)
+    p_target, p_refs = rng.uniform(0.05, 1, 30), rng.uniform(0.05, 1, (30, 3))
+    z_target, z_refs = rng.uniform(0.05, 1, 50), rng.uniform(0.05, 1, (50, 3))
+    a, gamma = 0.3, 1.5
+
+    def px(refs):
+        return ((1 + a) * refs.mean(axis=1) + 1 - a) / 2
+
+    lr = (p_target / px(p_refs))[:, None] / (z_target / px(z_refs))[None, :]
+    by_hand = (lr > gamma).mean(axis=1)
+    got = rmia_offline_scores(target_log_prob=np.log(p_target), reference_log_probs=np.log(p_refs),
+                              population=(np.log(z_target), np.log(z_refs)), gamma=gamma, offline_a=a)
+    np.testing.assert_allclose(got, by_hand, atol=1e-12)
+    ratio = rmia_offline_scores(target_log_prob=np.log(p_target), reference_log_probs=np.log(p_refs), offline_a=a)
+    np.testing.assert_allclose(ratio, np.log(p_target / px(p_refs)), rtol=1e-12)
+    order = np.argsort(ratio)  # the share of z beaten only grows with the ratio: the same ranking
+    assert (np.diff(got[order]) >= 0).all()
+
+
+def test_true_label_log_prob_is_log_softmax_without_saturation():
+    logits = np.array([[2.0, -1.0, 0.5], [40.0, 0.0, 0.0]])
+    y = np.array([2, 0])
+    got = true_label_log_prob(logits, y)
+    assert got[0] == pytest.approx(torch.log_softmax(torch.tensor(logits[0]), 0)[2].item(), rel=1e-12)
+    assert got[1] == pytest.approx(-math.log1p(2 * math.exp(-40)), rel=1e-12)  # log_softmax rounds it to 0
+
+
+def test_gates_read_the_worst_of_every_attack():
+    from oblivio.audit.membership import summarise
+
+    rng = np.random.default_rng(2)
+    neg = rng.normal(0, 1, 300)
+    weak = evaluate_attack(attack="population/ensemble", member_scores=rng.normal(0.05, 1, 200),
+                           nonmember_scores=neg, n_bootstrap=5)
+    lira = evaluate_attack(attack="lira-offline/shard-0", member_scores=rng.normal(0.3, 1, 200),
+                           nonmember_scores=neg, n_bootstrap=5)
+    rmia = evaluate_attack(attack="rmia-offline/shard-0", member_scores=rng.normal(1.5, 1, 200),
+                           nonmember_scores=neg, n_bootstrap=5)
+    summary = summarise(weak, [lira, rmia])
+    assert summary["worst_attack"] == "rmia-offline/shard-0"
+    assert summary["max_auc"] == rmia.auc > lira.auc
+    assert summary["max_tpr_at_1pct_fpr"] == max(r.tpr_at_1pct_fpr for r in (weak, lira, rmia))
+    assert [s["attack"] for s in summary["shards"]] == ["lira-offline/shard-0"]
+    assert [s["attack"] for s in summary["rmia_shards"]] == ["rmia-offline/shard-0"]
 
 
 # --- evaluation, reporting, plotting -------------------------------------------------

@@ -105,8 +105,9 @@ def _max_forget_set_auc(ctx: AuditContext) -> GateResult | None:
 
 @gate("max_epsilon")
 def _max_epsilon(ctx: AuditContext) -> GateResult | None:
-    return _upper_bound(ctx.metrics.get("dp", {}).get("record_epsilon"), ctx.gates.max_epsilon,
-                        "record-level DP epsilon")
+    dp = ctx.metrics.get("dp", {})
+    unit = dp.get("unit", "record")  # the unit DP was configured at: per person, or per record
+    return _upper_bound(dp.get(f"{unit}_epsilon"), ctx.gates.max_epsilon, f"{unit}-level DP epsilon")
 
 
 def evaluate_gates(ctx: AuditContext) -> dict[str, GateResult]:

@@ -7,6 +7,11 @@ Two attacks are measured:
   one shard, so the other S-1 shard models never saw it: they are OUT reference models
   for free, with no shadow training. Held-out records (split by person) are OUT for every
   shard. `shard_lira` audits each shard model this way.
+* Offline RMIA per shard (Zarifzadeh et al. 2024, "Low-Cost High-Power Membership Inference
+  Attacks"), on the same free OUT references: the likelihood ratio Pr(x|θ) / Pr(x) of the
+  record's true-label probability under the audited model against its population
+  probability, estimated offline from the OUT models as ((1+a)·mean_OUT + (1−a)) / 2.
+  `shard_attacks` audits each shard model with both; the gates take the worst.
 * A population (loss-threshold) attack on the aggregated ensemble: the score is
   `probability_margin` of the averaged probabilities, which ranks records exactly as
   the negated cross-entropy loss does. Pass those scores to `evaluate_attack` with
@@ -34,6 +39,10 @@ STD_FLOOR = 1e-3
 # With fewer OUT references than this, the per-record Gaussian is poorly estimated and
 # low-FPR figures are noisy (the paper's offline results use 16 or more).
 FEW_REFERENCES = 16
+
+# RMIA's offline parameter a: how far an IN model's probability would sit above the OUT mean
+# (Pr(x) ≈ ((1+a)·Pr_OUT(x) + 1 − a) / 2); 0.3 is the paper's and Privacy Meter's default.
+RMIA_OFFLINE_A = 0.3
 
 # Probability clip for `probability_margin`: log(0) and log(1 - 1) are infinite.
 # 1 - 1e-16 rounds to the largest double below 1 (1 - 2**-53), so the margin is capped
@@ -158,6 +167,54 @@ def lira_offline_scores(
     return (t - mean_out) / np.maximum(std_out, STD_FLOOR)
 
 
+def true_label_log_prob(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per row, log softmax(z)_y in float64 (exact near 0, where float32 gives 0)."""
+    z = np.asarray(logits, dtype=np.float64)
+    return -np.logaddexp(0.0, -logit_margin(z, labels))  # log p = -log(1 + e^-margin)
+
+
+def rmia_offline_scores(*, target_log_prob: np.ndarray, reference_log_probs: np.ndarray,
+                        offline_a: float = RMIA_OFFLINE_A,
+                        population: tuple[np.ndarray, np.ndarray] | None = None, gamma: float = 1.0) -> np.ndarray:
+    """Offline RMIA score per record, higher = more member-like.
+
+    target_log_prob: (n,) log Pr(x|θ) of the audited model's true-label probability;
+    reference_log_probs: (n, K) the same under K >= 1 models OUT for each record.
+    Pr(x) is estimated offline as ((1+a)·mean_OUT + (1−a)) / 2 (the paper's linear
+    approximation of the IN/OUT average when no IN model exists).
+
+    With `population` (target and reference log-probabilities of population records z),
+    the score is the paper's: the share of z with LR(x, z) = [Pr(x|θ)/Pr(x)] / [Pr(z|θ)/Pr(z)]
+    above gamma. For a fixed population and gamma that share only grows with
+    Pr(x|θ)/Pr(x), so without `population` the log of that ratio is returned: it ranks
+    records the same way (every ROC figure is the ranking's), and a finite population
+    cannot tie the most member-like records at share 1, which would flatten TPR at low FPR.
+    """
+    ratio = _rmia_log_ratio(target_log_prob, reference_log_probs, offline_a)
+    if population is None:
+        return ratio
+    z_ratio = np.sort(_rmia_log_ratio(*population, offline_a))
+    if z_ratio.size == 0:
+        raise ValueError("the RMIA population must hold at least one record")
+    # LR(x, z) > gamma  <=>  log ratio_z < log ratio_x - log gamma
+    return np.searchsorted(z_ratio, ratio - math.log(gamma), side="left") / z_ratio.size
+
+
+def _rmia_log_ratio(target: np.ndarray, references: np.ndarray, offline_a: float) -> np.ndarray:
+    t = np.asarray(target, dtype=np.float64)
+    r = np.asarray(references, dtype=np.float64)
+    if t.ndim != 1 or r.ndim != 2 or r.shape[0] != t.shape[0] or r.shape[1] < 1:
+        raise ValueError("target_log_prob must have shape (n,) and reference_log_probs (n, K) with K >= 1; "
+                         f"got {t.shape} and {r.shape}")
+    if not (np.isfinite(t).all() and np.isfinite(r).all() and (t <= 0).all() and (r <= 0).all()):
+        raise ValueError("log-probabilities must be finite and <= 0")
+    if not 0.0 <= offline_a <= 1.0:
+        raise ValueError(f"offline_a must lie in [0, 1]; got {offline_a}")
+    p_out = np.exp(r).mean(axis=1)
+    log_px = np.log(((1.0 + offline_a) * p_out + (1.0 - offline_a)) / 2.0)
+    return t - log_px
+
+
 # --- metrics -------------------------------------------------------------------------
 
 
@@ -232,25 +289,34 @@ def _result(attack: str, pos: np.ndarray, neg: np.ndarray, intervals: dict[str, 
 # --- SISA shards ---------------------------------------------------------------------
 
 
-def shard_lira(
+def shard_lira(*, margins: np.ndarray, member_of: np.ndarray, holdout_margins: np.ndarray,
+               n_bootstrap: int = 200, seed: int = 0) -> list[AttackResult]:
+    """Offline LiRA against each shard model (see `shard_attacks`), one result per shard."""
+    return shard_attacks(margins=margins, member_of=member_of, holdout_margins=holdout_margins,
+                         n_bootstrap=n_bootstrap, seed=seed)
+
+
+def shard_attacks(
     *,
     margins: np.ndarray,
     member_of: np.ndarray,
     holdout_margins: np.ndarray,
+    rmia: bool = False,
     n_bootstrap: int = 200,
     seed: int = 0,
 ) -> list[AttackResult]:
-    """Offline LiRA against each shard model of a SISA ensemble, one result per shard.
+    """Offline LiRA (and with `rmia`, offline RMIA) against each shard model of a SISA ensemble.
 
-    margins: (n_train, S) margin of every shard model on every training record;
+    margins: (n_train, S) logit margin of every shard model on every training record;
     member_of: (n_train,) the shard whose training set holds each record;
     holdout_margins: (n_holdout, S) margins on held-out records.
 
     For shard k, members are the training records with member_of == k and non-members
     are all held-out records. The target is column k; the references are the other S-1
     columns, which are OUT for members by construction and OUT for held-out records
-    always. Results are named f"lira-offline/shard-{k}" and carry their ROC curves
-    (`fpr`, `tpr`) for `plot_roc`. Needs S >= 2.
+    always. Results are named f"lira-offline/shard-{k}" (then f"rmia-offline/shard-{k}"),
+    and carry their ROC curves (`fpr`, `tpr`) for `plot_roc`. RMIA reads the true-label
+    probability, which is a function of the margin (log p = −log(1 + e^−margin)). Needs S >= 2.
     """
     train = np.asarray(margins, dtype=np.float64)
     holdout = np.asarray(holdout_margins, dtype=np.float64)
@@ -262,23 +328,31 @@ def shard_lira(
             f"holdout_margins must have shape (n_holdout, {n_shards}) with n_holdout >= 1 "
             f"to match margins {train.shape}; got {holdout.shape}"
         )
+    if not (np.isfinite(train).all() and np.isfinite(holdout).all()):
+        raise ValueError("margins must be finite")
     owner = _labels(member_of, rows_of=train.shape, n_classes=n_shards, name="margins")
-    scored = []
+    scored: list[tuple[str, np.ndarray, np.ndarray]] = []
+    log_probs = {}
     for k in range(n_shards):
         members = train[owner == k]
         if members.shape[0] == 0:
             raise ValueError(f"shard {k} holds no training records in member_of; it cannot be audited")
         both = np.concatenate([members, holdout])
         scores = lira_offline_scores(target=both[:, k], references=np.delete(both, k, axis=1))
-        scored.append((scores[: members.shape[0]], scores[members.shape[0] :]))
-    # shards with as many members draw the same resamples (same seed, same sizes): draw them once
+        scored.append((f"lira-offline/shard-{k}", scores[: members.shape[0]], scores[members.shape[0] :]))
+        log_probs[k] = (members.shape[0], -np.logaddexp(0.0, -both))
+    if rmia:
+        for k, (n_members, lp) in log_probs.items():
+            scores = rmia_offline_scores(target_log_prob=lp[:, k], reference_log_probs=np.delete(lp, k, axis=1))
+            scored.append((f"rmia-offline/shard-{k}", scores[:n_members], scores[n_members:]))
+    # attacks with as many members draw the same resamples (same seed, same sizes): draw them once
     intervals: dict[int, dict[str, Interval]] = {}
-    for size in {pos.size for pos, _ in scored}:
-        same = [k for k, (pos, _) in enumerate(scored) if pos.size == size]
-        shared = _shared_bootstrap([_Resampling.of(*scored[k]) for k in same], n_bootstrap=n_bootstrap, seed=seed)
+    for size in {pos.size for _, pos, _ in scored}:
+        same = [i for i, (_, pos, _) in enumerate(scored) if pos.size == size]
+        shared = _shared_bootstrap([_Resampling.of(*scored[i][1:]) for i in same], n_bootstrap=n_bootstrap, seed=seed)
         intervals.update(zip(same, shared))
     notes = _reference_notes(n_shards - 1)
-    return [_result(f"lira-offline/shard-{k}", pos, neg, intervals[k], notes) for k, (pos, neg) in enumerate(scored)]
+    return [_result(name, pos, neg, intervals[i], notes) for i, (name, pos, neg) in enumerate(scored)]
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -458,6 +532,6 @@ def _reference_notes(n_references: int) -> tuple[str, ...]:
     if n_references >= FEW_REFERENCES:
         return ()
     return (
-        f"LiRA used {n_references} OUT reference model(s) per record (< {FEW_REFERENCES}): "
+        f"LiRA and RMIA used {n_references} OUT reference model(s) per record (< {FEW_REFERENCES}): "
         "the OUT distribution is poorly estimated, so low-FPR figures are noisy.",
     )

@@ -81,6 +81,11 @@ def is_holdout(secret: bytes, subject_id: object, fraction: float) -> bool:
     return keyed_int(secret, "split", subject_id) < fraction * HASH_SPACE
 
 
+def shard_of(secret: bytes, subject_id: str, shards: int) -> int:
+    """The shard a person's records are placed in (all of them: one person, one shard)."""
+    return keyed_int(secret, "shard", subject_id) % shards
+
+
 def place(df: pd.DataFrame, columns: Columns, secret: bytes, *, shards: int, slices: int, holdout_fraction: float,
           placement: str = "subject") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training rows with shard/slice/keys, held-out rows with keys), both sorted by record key.
@@ -93,11 +98,11 @@ def place(df: pd.DataFrame, columns: Columns, secret: bytes, *, shards: int, sli
     records = df[columns.record_id].astype(str)
     uniq = subjects.unique()
     holdout_of = {s: is_holdout(secret, s, holdout_fraction) for s in uniq}
-    shard_of = {s: keyed_int(secret, "shard", s) % layout.shards for s in uniq}
+    shard_for = {s: shard_of(secret, s, layout.shards) for s in uniq}
     placed = df.copy()
     placed[SUBJECT_KEY] = subjects.map({s: subject_key(secret, s) for s in uniq})
     placed[RECORD_KEY] = [record_key(secret, r) for r in records]
-    placed[SHARD] = subjects.map(shard_of).astype("int64")
+    placed[SHARD] = subjects.map(shard_for).astype("int64")
     if layout.placement == "subject":
         slice_of = {s: layout.first_slice(secret, s, None) for s in uniq}
         placed[SLICE] = subjects.map(slice_of).astype("int64")

@@ -32,6 +32,18 @@ Determinism: the sampling generator and the noise generator are reseeded at ever
 the same bits. `secure_mode` is not used (it refuses seeded generators); the seeds are
 secret, which is what keeps the noise unpredictable to anyone else.
 
+Subject level (`unit="subject"`)
+--------------------------------
+The same machinery with the person as the unit: at stage r the m_r people who have a
+record in slices 0..r are Poisson-sampled at rate q_r = 1 / ceil(m_r / batch_size) (so
+`batch_size` is the expected number of *people* per step), every sampled person's
+contribution is the gradient of their mean loss over all their records in the stage, and
+Opacus' DP optimizer clips each person's contribution to `max_grad_norm` and adds the
+noise. Opacus' grad sampler computes per-record gradients (hooks); they are summed per
+person (`index_add_`) into the per-sample gradients the optimizer clips, so "one sample"
+is one person. The history is (sigma, q_r, steps) over people, and the accountant then
+bounds a whole person's data: removing or adding a person, with all their records.
+
 Heavy imports (opacus, dp_accounting) are lazy.
 """
 from __future__ import annotations
@@ -47,6 +59,7 @@ from torch import nn
 
 ACCOUNTANTS = ("prv", "rdp")
 GRAD_SAMPLE_MODES = ("ghost", "hooks")
+UNITS = ("subject", "record")
 
 History = list[tuple[float, float, int]]  # (noise multiplier, sample rate, steps), as Opacus keeps it
 
@@ -66,6 +79,7 @@ class DpSpec:
     accountant: str = "prv"  # prv | rdp
     target_epsilon: float = 8.0
     grad_sample_mode: str = "ghost"  # ghost (ghost clipping, fastest) | hooks (per-sample gradients)
+    unit: str = "record"  # record | subject: what one sample (and so the guarantee) is; subject uses hooks
 
     def __post_init__(self):
         if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
@@ -76,6 +90,8 @@ class DpSpec:
             raise ValueError(f"dp delta must be in (0, 1), got {self.delta}")
         if self.accountant not in ACCOUNTANTS:
             raise ValueError(f"dp accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+        if self.unit not in UNITS:
+            raise ValueError(f"dp unit must be one of {UNITS}, got {self.unit!r}")
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise ValueError(f"dp grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {self.grad_sample_mode!r}")
 
@@ -90,6 +106,17 @@ def stage_sizes(slices: np.ndarray, n_slices: int) -> list[int]:
     """Records seen by each stage: stage r trains on slices 0..r."""
     counts = np.bincount(np.asarray(slices, dtype=np.int64), minlength=n_slices)[:n_slices]
     return [int(c) for c in np.cumsum(counts)]
+
+
+def subject_stage_sizes(slices: np.ndarray, subjects: np.ndarray, n_slices: int) -> list[int]:
+    """People seen by each stage: stage r trains on everyone with a record in slices 0..r."""
+    slices, subjects = np.asarray(slices, dtype=np.int64), np.asarray(subjects)
+    if slices.size == 0:
+        return [0] * n_slices
+    _, person = np.unique(subjects, return_inverse=True)
+    first = np.full(person.max() + 1, n_slices, dtype=np.int64)
+    np.minimum.at(first, person, slices)
+    return [int(c) for c in np.cumsum(np.bincount(first, minlength=n_slices)[:n_slices])]
 
 
 def _merge(history: Sequence[Sequence[float]]) -> History:
@@ -220,20 +247,37 @@ def cross_check_epsilon(history: Sequence[Sequence[float]], *, delta: float) -> 
     return float(acc.get_epsilon(delta))
 
 
-def ensemble_privacy(shard_epsilons: Sequence[float], *, delta: float, max_records_per_subject: int) -> dict:
+def ensemble_privacy(shard_epsilons: Sequence[float], *, delta: float, max_records_per_subject: int,
+                     unit: str = "record") -> dict:
     """Record- and subject-level guarantees of the SISA ensemble.
 
-    Shards are disjoint (a record trains exactly one shard model), so by parallel
-    composition the ensemble's record-level epsilon is the maximum over shards. All
-    records of a subject sit in one shard; group privacy for k records turns (eps, delta)
-    into (k*eps, k*exp((k-1)*eps)*delta).
+    Shards are disjoint (a record, and a person, trains exactly one shard model), so by
+    parallel composition the ensemble's epsilon is the maximum over shards, at the unit the
+    shards were accounted at.
+
+    unit="record": the shard epsilons are per record. All records of a subject sit in one
+    shard; group privacy for k records turns (eps, delta) into (k*eps, k*exp((k-1)*eps)*delta),
+    the honest (and loose) subject-level figure.
+    unit="subject": the shard epsilons are per person (subject-level DP-SGD), the real
+    subject-level guarantee. A record's removal changes one person's data, i.e. removes
+    that person and adds them back changed: group privacy for 2 gives the record-level
+    (2*eps, (1+exp(eps))*delta).
     """
     if not shard_epsilons:
         raise ValueError("no shard epsilons: was DP training on?")
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     k = int(max_records_per_subject)
     if k < 1:
         raise ValueError(f"max_records_per_subject must be >= 1, got {max_records_per_subject}")
     eps = float(max(shard_epsilons))
+    if unit == "subject":
+        record_eps, record_delta = 2 * eps, (1 + math.exp(min(eps, 700.0))) * delta
+        note = (f"Subject level: ({eps:.3g}, {delta:g})-DP for each person's whole data (people were sampled and "
+                f"each person's summed contribution clipped; shards hold disjoint people). Record level, as a "
+                f"change of one person's data: ({record_eps:.3g}, {record_delta:.3g}).")
+        return {"unit": unit, "subject_epsilon": eps, "subject_delta": float(delta), "record_epsilon": record_eps,
+                "record_delta": record_delta, "delta": float(delta), "max_records_per_subject": k, "note": note}
     subject_eps = k * eps
     try:
         subject_delta = k * math.exp((k - 1) * eps) * delta
@@ -242,11 +286,11 @@ def ensemble_privacy(shard_epsilons: Sequence[float], *, delta: float, max_recor
     note = (f"Record level: ({eps:.3g}, {delta:g})-DP, the largest shard epsilon, since shards are disjoint. "
             f"Subject level (up to {k} records per subject, all in one shard): the generic group-privacy "
             f"bound ({subject_eps:.3g}, {subject_delta:.3g}), which is loose: it multiplies epsilon by k and "
-            "delta by k*exp((k-1)*eps) whatever the mechanism, whereas accounting the Gaussian mechanism "
-            "with sensitivity k would be much tighter")
+            "delta by k*exp((k-1)*eps) whatever the mechanism; set dp.unit: subject for a per-person guarantee")
     note += "; here the subject-level delta exceeds 1, so that bound is vacuous." if subject_delta >= 1 else "."
-    return {"record_epsilon": eps, "delta": float(delta), "subject_epsilon": subject_eps,
-            "subject_delta": subject_delta, "max_records_per_subject": k, "note": note}
+    return {"unit": unit, "record_epsilon": eps, "record_delta": float(delta), "delta": float(delta),
+            "subject_epsilon": subject_eps, "subject_delta": subject_delta, "max_records_per_subject": k,
+            "note": note}
 
 
 # --- training ---------------------------------------------------------------------------
@@ -278,7 +322,10 @@ class DpTrainer:
 
         _quiet_opacus_hooks()
         self.model, self.optimizer, self.spec = model, optimizer, spec
-        if spec.grad_sample_mode == "ghost":
+        self.last_people: torch.Tensor | None = None  # people sampled in the last subject-level step (for tests)
+        if spec.unit == "subject":  # per-record gradients, summed per person before Opacus clips them
+            self.gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+        elif spec.grad_sample_mode == "ghost":
             self.gsm = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean",
                                                             max_grad_norm=spec.max_grad_norm,
                                                             use_ghost_clipping=True)
@@ -295,7 +342,15 @@ class DpTrainer:
     def epsilon(self) -> float:
         return epsilon_of(self.accountant.history, delta=self.spec.delta, accountant=self.spec.accountant)
 
-    def train_stage(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, epochs: int, seed_for: SeedFor) -> None:
+    def train_stage(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, epochs: int, seed_for: SeedFor,
+                    subjects: torch.Tensor | None = None) -> None:
+        """One stage: `epochs` epochs of Poisson-sampled steps over records, or (unit subject) over
+        the people `subjects` names (one integer per row)."""
+        if self.spec.unit == "subject":
+            if subjects is None:
+                raise ValueError("subject-level DP needs the subject of every row")
+            return self._train_stage_by_subject(x, y, subjects, batch_size=batch_size, epochs=epochs,
+                                                seed_for=seed_for)
         from opacus.optimizers import get_optimizer_class
         from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
         from opacus.utils.uniform_sampler import UniformWithReplacementSampler
@@ -325,6 +380,51 @@ class DpTrainer:
                 idx = torch.as_tensor(batch, dtype=torch.long)
                 dp_opt.zero_grad(set_to_none=True)
                 criterion(self.gsm(x[idx]), y[idx]).backward()
+                dp_opt.step()
+        dp_opt.zero_grad(set_to_none=True)
+
+    def _train_stage_by_subject(self, x: torch.Tensor, y: torch.Tensor, subjects: torch.Tensor, *, batch_size: int,
+                                epochs: int, seed_for: SeedFor) -> None:
+        from opacus.optimizers import get_optimizer_class
+        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+        if len(y) == 0:
+            return
+        _, person = torch.unique(subjects, sorted=True, return_inverse=True)  # people in subject-key order
+        m = int(person.max()) + 1
+        weight = 1.0 / torch.bincount(person, minlength=m).to(torch.float32)[person]  # a person's loss is their mean
+        k = steps_per_epoch(m, batch_size)
+        q = 1.0 / k
+        gen_sample, gen_noise = torch.Generator(), torch.Generator()
+        optim_cls = get_optimizer_class(clipping="flat", distributed=False, grad_sample_mode="hooks")
+        dp_opt = optim_cls(self.optimizer, noise_multiplier=self.spec.noise_multiplier,
+                           max_grad_norm=self.spec.max_grad_norm, expected_batch_size=m / k, loss_reduction="mean",
+                           generator=gen_noise, secure_mode=False)
+        dp_opt.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=q))
+        sampler = UniformWithReplacementSampler(num_samples=m, sample_rate=q, generator=gen_sample, steps=k)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        slot = torch.full((m,), -1, dtype=torch.long)
+        self.gsm.train()
+        for epoch in range(epochs):
+            gen_sample.manual_seed(seed_for("dp-sample", epoch))
+            gen_noise.manual_seed(seed_for("dp-noise", epoch))
+            for batch in sampler:
+                people = torch.as_tensor(batch, dtype=torch.long)
+                self.last_people = people
+                dp_opt.zero_grad(set_to_none=True)
+                if len(people) == 0:  # nobody sampled: the step is noise alone, as the accountant assumes
+                    for p in params:
+                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                else:
+                    slot.fill_(-1)
+                    slot[people] = torch.arange(len(people))
+                    rows = torch.nonzero(slot[person] >= 0).squeeze(1)
+                    losses = nn.functional.cross_entropy(self.gsm(x[rows]), y[rows], reduction="none")
+                    (losses * weight[rows]).sum().backward()
+                    group = slot[person[rows]]
+                    for p in params:  # per-record gradients -> one per person: what Opacus clips
+                        p.grad_sample = torch.zeros((len(people), *p.shape), dtype=p.dtype).index_add_(
+                            0, group, p.grad_sample)
                 dp_opt.step()
         dp_opt.zero_grad(set_to_none=True)
 

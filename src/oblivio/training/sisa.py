@@ -64,6 +64,8 @@ class Recipe:
         for optional in ("dp", "numerics", "encoding"):
             if fields[optional] is None:
                 del fields[optional]  # recipes without it keep the digests (and checkpoint keys) they had before it
+        if fields.get("dp") is not None and fields["dp"]["unit"] == "record":
+            del fields["dp"]["unit"]  # record-level DP recipes keep the digests they had before subject-level DP
         blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(f"oblivio-recipe-v1\n{blob}".encode()).hexdigest()
 
@@ -76,6 +78,7 @@ class ShardData:
     y: np.ndarray  # int64 (n,)
     slices: np.ndarray  # int64 (n,), the slice of each row
     record_keys: tuple[str, ...]  # keyed record hashes, one per row
+    subjects: np.ndarray | None = None  # int64 (n,): the person of each row (rank of their keyed hash)
 
 
 def slice_commitments(record_keys: tuple[str, ...], slices: np.ndarray, n_slices: int) -> list[str]:
@@ -152,7 +155,8 @@ class ShardResult:
     weights_sha256: str = ""
     seconds: float = 0.0
     # DP only: epsilon spent by the shard's worst-case record (a slice-0 record, sampled in every
-    # stage) at recipe.dp.delta, from recipe.dp.accountant; and the history it was computed from
+    # stage) at recipe.dp.delta, from recipe.dp.accountant, or with dp.unit subject by its worst-case
+    # person (one seen from stage 0 on); and the history it was computed from
     epsilon: float | None = None
     dp_history: list[list[float]] | None = None  # [noise multiplier, sample rate, steps] per phase
 
@@ -211,6 +215,9 @@ def train_shard(data: ShardData, *, recipe: Recipe, shard: str, n_slices: int, s
         if recipe.dp is not None:
             dp_history = state["accountant"]  # the recipe digest is in the key: a DP key has a DP checkpoint
     result.slices_reused = list(range(done + 1))
+    if recipe.dp is not None and recipe.dp.unit == "subject" and data.subjects is None:
+        raise ValueError("subject-level DP needs ShardData.subjects")
+    subjects_all = torch.from_numpy(np.array(data.subjects, dtype=np.int64)) if data.subjects is not None else None
     x_all = torch.from_numpy(np.array(data.x, dtype=np.float32))
     y_all = torch.from_numpy(np.array(data.y, dtype=np.int64))
     trainer = None
@@ -224,7 +231,8 @@ def train_shard(data: ShardData, *, recipe: Recipe, shard: str, n_slices: int, s
             # sampling and noise streams per (shard, stage, epoch): resuming at any stage replays the same bits
             trainer.train_stage(x_all[seen], y_all[seen], batch_size=recipe.batch_size, epochs=recipe.epochs_per_slice,
                                 seed_for=lambda stream, epoch, stage=stage: derive_seed(
-                                    secret, recipe.seed, stream, shard, stage, epoch))
+                                    secret, recipe.seed, stream, shard, stage, epoch),
+                                subjects=subjects_all[seen] if subjects_all is not None else None)
             dp_history = trainer.history()
         payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "stage": stage}
         if trainer is not None:
