@@ -57,8 +57,12 @@ def _runner(ws, args, default_kind: str | None = None):
 
 
 def cmd_init(args) -> int:
+    from oblivio.profiles import Production
     from oblivio.workspace import init_workspace
 
+    if args.from_table and args.profile != "embedded":
+        raise OblivioError("--from-table and --profile production do not combine yet: init --from-table, then "
+                           "point that workspace at the servers by hand (see README, The production profile).")
     if args.from_table:
         from oblivio.data.schema_inference import init_from_table
 
@@ -66,7 +70,9 @@ def cmd_init(args) -> int:
                                    label=args.label, record_id=args.record_id)
         print(told, file=sys.stderr)
     else:
-        ws = init_workspace(Path(args.directory), source=args.source)
+        production = Production(args.mlflow_uri or "", args.mlflow_database or "", args.dvc_remote or "",
+                                args.s3_endpoint or "", args.prefect_api or "", args.dask_address or "")
+        ws = init_workspace(Path(args.directory), source=args.source, profile=args.profile, production=production)
     _emit({"workspace": str(ws.root)}, args.json,
           f"Created an Oblivio workspace in {ws.root}.\nNext: cd {args.directory} && oblivio run")
     return 0
@@ -75,6 +81,9 @@ def cmd_init(args) -> int:
 def cmd_run(args) -> int:
     began = time.perf_counter()
     ws = _workspace(args)
+    from oblivio.doctor import require_reachable
+
+    require_reachable(ws, "run")
     from flows.server import prefect_api
 
     with ws.exclusive("run"), prefect_api() as ready:  # the server boots while the stack imports
@@ -474,6 +483,18 @@ def cmd_verify_certificate(args) -> int:
     return 0 if ok else 3
 
 
+def cmd_doctor(args) -> int:
+    """Each configured backend, one line: reachable, credentials, the rights the purge needs."""
+    ws = _workspace(args)
+    from oblivio.doctor import run_checks
+
+    checks = run_checks(ws)
+    ok = all(c["ok"] for c in checks)
+    _emit({"ok": ok, "checks": checks}, args.json,
+          "\n".join(f"{'ok  ' if c['ok'] else 'FAIL'} {c['backend']}: {c['detail']}" for c in checks))
+    return 0 if ok else 5
+
+
 def cmd_stage(args) -> int:
     """One dvc.yaml stage, run without Prefect: what `dvc repro` calls."""
     ws = _workspace(args)
@@ -519,6 +540,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject-id", metavar="COL", help="with --from-table: the column naming the person")
     p.add_argument("--label", metavar="COL", help="with --from-table: the column to predict")
     p.add_argument("--record-id", metavar="COL", help="with --from-table: a column unique per row (default: derived)")
+
+    p.add_argument("--profile", choices=["embedded", "production"], default="embedded",
+                   help="embedded (every store inside the workspace) or production (the servers below)")
+    for flag, what in (("--mlflow-uri", "MLflow tracking server (http://host:5000)"),
+                       ("--mlflow-database", "its database, for the purge's mlflow gc (postgresql+psycopg2://user@host/db)"),
+                       ("--dvc-remote", "DVC remote (s3://bucket/prefix)"), ("--s3-endpoint", "S3 endpoint URL, "
+                       "if not AWS"), ("--prefect-api", "Prefect server API (http://host:4200/api)"),
+                       ("--dask-address", "Dask scheduler (tcp://host:8786)")):
+        p.add_argument(flag, help=f"production profile: {what}")
 
     p = command("run", cmd_run, "run the pipeline: ingest, validate, version, train, audit, register, promote")
     p.add_argument("--from-scratch", action="store_true", help="ignore every checkpoint and retrain all slices")
@@ -592,6 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a certificate (certificates/<request>.json)")
     p.add_argument("--public-key", required=True, metavar="KEY",
                    help="the workspace's exported public key (signing-key.pub in its root)")
+
+    command("doctor", cmd_doctor, "check every configured backend: reachable, credentials, rights the purge needs")
 
     p = command("stage", cmd_stage, "run one dvc.yaml stage without Prefect (what `dvc repro` calls)")
     p.add_argument("stage", choices=["ingest", "train", "evaluate"])

@@ -163,10 +163,18 @@ class MlflowConfig:
     tracking_uri: str = "sqlite:///mlflow.db"
     registry_uri: str = ""  # empty = same as tracking_uri
     experiment: str = "oblivio"
-    artifact_location: str = "mlartifacts"
+    artifact_location: str = "mlartifacts"  # empty = the tracking server's (its --artifacts-destination)
     model_name: str = "oblivio-ensemble"
     candidate_alias: str = "candidate"
     champion_alias: str = "champion"
+    # the tracking server's own database, for the purge's `mlflow gc` (a server cannot hard-delete
+    # through its REST API); password from PGPASSWORD or ~/.pgpass. Empty = the tracking URI.
+    gc_backend_store_uri: str = ""
+
+    @property
+    def remote(self) -> bool:
+        """A tracking server (http), not a database this process opens itself."""
+        return self.tracking_uri.startswith(("http://", "https://"))
 
 
 def _describe(tp: Any) -> str:
@@ -377,7 +385,7 @@ def load_mlflow_config(path: Path, root: Path) -> MlflowConfig:
         tracking_uri=_absolute_uri(cfg.tracking_uri, root),
         registry_uri=_absolute_uri(cfg.registry_uri or cfg.tracking_uri, root),
         artifact_location=str((root / cfg.artifact_location).resolve())
-        if "://" not in cfg.artifact_location
+        if cfg.artifact_location and "://" not in cfg.artifact_location
         else cfg.artifact_location,
     )
 

@@ -259,17 +259,27 @@ def _purge_model_versions(ws: Workspace, *, keep_version: int, request_ids: list
 
 
 def _mlflow_gc(cfg) -> None:
-    """`mlflow gc`, in-process: deleted runs and logged models lose their artifacts for good."""
+    """`mlflow gc`, in-process: deleted runs and logged models lose their artifacts for good.
+
+    Against a tracking server, gc hard-deletes the rows in the server's database
+    (`gc_backend_store_uri`) and the artifacts through the server's artifact proxy (the
+    tracking URI): it removes every run and logged model in the `deleted` stage there.
+    """
     from mlflow.cli import gc
 
+    from oblivio.errors import IntegrityError
+
+    store = cfg.gc_backend_store_uri or cfg.tracking_uri
+    if cfg.remote and not cfg.gc_backend_store_uri:
+        raise IntegrityError("mlflow.yaml names a tracking server but no gc_backend_store_uri (its database): "
+                             "`mlflow gc` cannot hard-delete erased runs through the server's REST API. Add it "
+                             "(`oblivio init --profile production --mlflow-database ...` writes it).")
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = cfg.tracking_uri  # gc resolves artifact locations through it
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            gc.main(["--backend-store-uri", cfg.tracking_uri], standalone_mode=False)
+            gc.main(["--backend-store-uri", store, "--tracking-uri", cfg.tracking_uri], standalone_mode=False)
     except Exception as err:
-        from oblivio.errors import IntegrityError
-
         raise IntegrityError(f"`mlflow gc` failed; erased data may remain in MLflow artifacts: {err}") from err
     finally:
         if previous is None:

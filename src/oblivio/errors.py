@@ -46,3 +46,9 @@ class IntegrityError(OblivioError):
     """Recorded state contradicts itself (checkpoint, ledger or certificate mismatch)."""
 
     exit_code = 3
+
+
+class BackendError(OblivioError):
+    """A configured backend (tracking server, object store, Prefect, Dask) is down or refuses us."""
+
+    exit_code = 5

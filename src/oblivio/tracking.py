@@ -41,8 +41,10 @@ def ensure_experiment(cfg: MlflowConfig) -> str:
     points at the original's artifacts, where its purge would delete them: refused here.
     """
     mlflow = _mlflow(cfg)
-    wanted = Path(cfg.artifact_location).as_uri() if "://" not in cfg.artifact_location else cfg.artifact_location
     exp = mlflow.get_experiment_by_name(cfg.experiment)
+    if not cfg.artifact_location:  # the tracking server chooses (and owns) the location
+        return exp.experiment_id if exp else mlflow.create_experiment(cfg.experiment)
+    wanted = Path(cfg.artifact_location).as_uri() if "://" not in cfg.artifact_location else cfg.artifact_location
     if exp is None:
         return mlflow.create_experiment(cfg.experiment, artifact_location=wanted)
     if exp.artifact_location != wanted:

@@ -129,6 +129,13 @@ class Workspace:
         return load_mlflow_config(self.root / "mlflow.yaml", self.root)
 
     @cached_property
+    def backends(self):
+        """backends.yaml: the profile and the services not configured elsewhere (see oblivio.profiles)."""
+        from oblivio.profiles import load_backends
+
+        return load_backends(self.root)
+
+    @cached_property
     def secret(self) -> bytes:
         return load_or_create_secret(self.secret_path)
 
@@ -169,7 +176,10 @@ class Workspace:
         pin every child process's numerics (see oblivio.numerics)."""
         from oblivio import numerics
 
+        configured = {"PREFECT_API_URL": self.backends.prefect_api} if self.backends.prefect_api and \
+            not os.environ.get("PREFECT_API_URL") else {}
         return {
+            **configured,
             **numerics.environment(self.params.train.numerics),
             "PREFECT_HOME": str(self.prefect_home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -189,10 +199,15 @@ def template_text(name: str) -> str:
     return resources.files("oblivio.templates").joinpath(name).read_text()
 
 
-def init_workspace(target: Path, *, source: str | None = None, params: str | None = None) -> Workspace:
+def init_workspace(target: Path, *, source: str | None = None, params: str | None = None,
+                   profile: str = "embedded", production=None) -> Workspace:
     """Scaffold a workspace: config files, git + DVC repositories, local remote, secret, signing key.
 
-    `params`: the params.yaml text to write instead of the template (`init --from-table`)."""
+    `params`: the params.yaml text to write instead of the template (`init --from-table`);
+    `profile="production"`: pointed at the `production` backends (oblivio.profiles)."""
+    from oblivio import profiles
+
+    profiles.check(profile, production)
     target = target.resolve()
     if target.exists() and any((target / m).exists() for m in MARKERS):
         raise WorkspaceError(f"{target} already holds an Oblivio workspace; use it, or choose an empty directory.")
@@ -210,8 +225,12 @@ def init_workspace(target: Path, *, source: str | None = None, params: str | Non
         if not (target / ".git").exists():
             _run(["git", "init", "-q"], target)
         ensure_dvc(target)
+        if profile == "production":
+            profiles.apply_production(target, production)
     except Exception:
         shutil.rmtree(target / ".dvc", ignore_errors=True)
+        for written in (*TEMPLATE_FILES.values(), profiles.BACKENDS_FILE):
+            (target / written).unlink(missing_ok=True)
         raise
     ws = Workspace(target)
     _ = ws.secret, ws.signing_key
