@@ -21,5 +21,10 @@ def apply(root: str, batch: dict) -> dict:
 
 @task(name="purge-and-certify", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def finish(root: str, batch: dict, registered: dict, promoted: dict, shards: list[dict], applied: dict) -> dict:
+    from prefect.runtime import flow_run
+
+    from flows.history import purge_flow_runs
+
+    running = flow_run.id
     return erasure.finish(Path(root), batch=batch, registered=registered, promoted=promoted, shards=shards,
-                          applied=applied)
+                          applied=applied, history=lambda: purge_flow_runs(root, keep=running))

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -203,7 +204,8 @@ def _erase_from_source(ws: Workspace, erased: tuple[frozenset[str], frozenset[st
 
 # --- purge --------------------------------------------------------------------------
 
-def purge(root: Path, *, keep_version: int, request_ids: list[str]) -> dict:
+def purge(root: Path, *, keep_version: int, request_ids: list[str],
+          history: Callable[[], int] | None = None) -> dict:
     """Remove every copy the erased records may still have in the workspace.
 
     - slice checkpoints not on the current chains (the baseline's included);
@@ -212,7 +214,9 @@ def purge(root: Path, *, keep_version: int, request_ids: list[str]) -> dict:
       with a tombstone tag on the registered model saying why;
     - DVC cache and remote objects the workspace no longer references (`dvc gc -w -c`);
     - the quarantined rows kept for the forget-set audit, and any ingest spill or staging a crash left;
-    - Prefect result storage (nothing is cached there by design; anything found goes).
+    - Prefect result storage (nothing is cached there by design; anything found goes), and,
+      through `history` (flows/history.py: the core does not talk to Prefect), the
+      workspace's earlier flow runs on the Prefect server.
     """
     from oblivio.training.sisa import CheckpointStore
 
@@ -229,7 +233,10 @@ def purge(root: Path, *, keep_version: int, request_ids: list[str]) -> dict:
             shutil.rmtree(leftover)
     Spill.sweep(ws.state_dir)
     DatasetWriter.sweep(ws.shards_dir.parent)
-    return {"checkpoints_removed": len(removed_checkpoints), "model_versions_deleted": versions}
+    purged = {"checkpoints_removed": len(removed_checkpoints), "model_versions_deleted": versions}
+    if history is not None:
+        purged["flow_runs_deleted"] = history()
+    return purged
 
 
 def _purge_model_versions(ws: Workspace, *, keep_version: int, request_ids: list[str]) -> list[int]:
@@ -245,8 +252,8 @@ def _purge_model_versions(ws: Workspace, *, keep_version: int, request_ids: list
             cfg.model_name, f"oblivio.purged.v{mv.version}",
             f"deleted {when}: trained on data erased by {', '.join(request_ids)}")
         client.delete_model_version(cfg.model_name, mv.version)
-        if getattr(mv, "model_id", None):
-            client.delete_logged_model(mv.model_id)
+        if model_id := _logged_model_id(mv):  # its files are the logged model's, not the version's
+            client.delete_logged_model(model_id)
     experiment = client.get_experiment_by_name(cfg.experiment)
     stale_runs = client.search_runs([experiment.experiment_id], f"tags.`oblivio.dataset_version` != '{current}'")
     for run in stale_runs:
@@ -256,6 +263,15 @@ def _purge_model_versions(ws: Workspace, *, keep_version: int, request_ids: list
     if stale or stale_runs:
         _mlflow_gc(cfg)
     return sorted(int(mv.version) for mv in stale)
+
+
+def _logged_model_id(mv) -> str | None:
+    """The logged model behind a version: `model_id`, which a tracking server's REST answer
+    leaves empty, else its `models:/m-...` source."""
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    source = mv.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
 def _mlflow_gc(cfg) -> None:
@@ -326,7 +342,8 @@ def certificate(ws: Workspace, req: Request, *, batch: dict, registered: dict, p
     }
 
 
-def finish(root: Path, *, batch: dict, registered: dict, promoted: dict, shards: list[dict], applied: dict) -> dict:
+def finish(root: Path, *, batch: dict, registered: dict, promoted: dict, shards: list[dict], applied: dict,
+           history: Callable[[], int] | None = None) -> dict:
     """Mark the batch applied, purge, certify each request, then mark it promoted (if it was)."""
     ws = Workspace(root)
     ledger = Ledger(ws.ledger_path)
@@ -334,7 +351,7 @@ def finish(root: Path, *, batch: dict, registered: dict, promoted: dict, shards:
         ids = batch["requests"]
         outcome = {"model_version": registered["model_version"], "decision": promoted["decision"]}
         ledger.mark_applied(ids, outcome=outcome)
-        purged = purge(ws.root, keep_version=registered["model_version"], request_ids=ids)
+        purged = purge(ws.root, keep_version=registered["model_version"], request_ids=ids, history=history)
         ws.certificates_dir.mkdir(exist_ok=True)
         paths = {}
         for request_id in ids:

@@ -290,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# oblivio init WS --profile production --mlflow-uri {stack.mlflow_uri} "
               f"--mlflow-database {stack.database_uri('mlflow', password=False)} --dvc-remote s3://dvc/oblivio "
               f"--s3-endpoint {stack.s3_endpoint} --prefect-api {stack.prefect_api} --dask-address {stack.dask_address}")
-    else:
+    elif (base / "stack.json").exists():
         LoopbackStack.load(base).stop()
+    else:
+        print(f"nothing to stop: {base} holds no running stack (stack.json)", file=sys.stderr)
     return 0
 
 

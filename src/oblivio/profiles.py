@@ -72,6 +72,9 @@ def apply_production(root: Path, production: Production) -> None:
     text = mlflow_yaml.read_text()
     text = _set_key(text, "tracking_uri", production.mlflow_uri)
     text = _set_key(text, "artifact_location", '""', comment="the server's --artifacts-destination")
+    name = f"oblivio-{root.name}"  # one server serves many workspaces: each its own experiment and model
+    text = _set_key(text, "experiment", name)
+    text = _set_key(text, "model_name", name)
     text += f"gc_backend_store_uri: {production.mlflow_database}   # the server's database, for the purge's mlflow gc\n"
     mlflow_yaml.write_text(text)
     _run(["dvc", "remote", "add", "-f", "-d", DVC_REMOTE_NAME, production.dvc_remote], root)

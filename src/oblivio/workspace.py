@@ -190,6 +190,7 @@ class Workspace:
             "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": os.environ.get("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL"),
             "DO_NOT_TRACK": "true",
             "MLFLOW_DISABLE_TELEMETRY": "true",
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # a tracking server's run links would break --json
             "GX_ANALYTICS_ENABLED": "false",
             "DVC_NO_ANALYTICS": "true",
         }

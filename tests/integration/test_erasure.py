@@ -9,31 +9,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import TEST_SECRET, cli, cli_json, csv_workspace, marker_hits, set_params, synthetic_table
+from canary import MARKER, MARKER_VALUE, SUBJECT, marked_table
+from helpers import cli, cli_json, csv_workspace, marker_hits, set_params
 
 pytestmark = pytest.mark.integration
-MARKER = "zq-MARKER-7f3a9c"
-MARKER_VALUE = 12345.678901
-
-
-def training_side_subject() -> str:
-    """A marker subject id the test secret places on the training side (not held out)."""
-    from oblivio.data.sharding import is_holdout
-
-    secret = bytes.fromhex(TEST_SECRET)
-    return next(f"{MARKER}-subject{i}" for i in range(100) if not is_holdout(secret, f"{MARKER}-subject{i}", 0.2))
-
-
-SUBJECT = training_side_subject()
-
-
-def marked_table() -> pd.DataFrame:
-    """The synthetic table plus one person whose ids and one value are unique markers."""
-    table = synthetic_table()
-    table["person"] = "p" + table["person"].astype(str)
-    planted = pd.DataFrame([{"rid": f"{MARKER}-r{j}", "person": SUBJECT, "y": j % 2,
-                             "a": MARKER_VALUE if j == 0 else 0.5, "b": 0.1, "c": -0.2} for j in range(3)])
-    return pd.concat([table, planted], ignore_index=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,114 @@
+"""The purge guarantee on the production stack: a tracking server on PostgreSQL with artifacts
+in S3, a DVC remote in S3, a Prefect server on PostgreSQL, shards trained on a Dask cluster.
+
+One planted person (tests/canary.py), one run, one erasure; then every object of every
+bucket, both databases (`pg_dump`), the services' logs and the workspace are scanned.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from canary import MARKER, SUBJECT, marked_table, marker_hits
+from conftest import prod_cli, production_workspace
+from helpers import TEST_SECRET, FAST, set_params
+
+pytestmark = pytest.mark.production
+
+
+def objects(stack):
+    """Every object of every bucket: {s3://bucket/key: bytes}."""
+    s3 = stack.s3()
+    found = {}
+    for bucket in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                found[f"s3://{bucket}/{obj['Key']}"] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+    return found
+
+
+def registry(stack):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)
+
+
+@pytest.fixture(scope="module")
+def erased(stack, tmp_path_factory):
+    """Train on Dask with the marked person in the table, then erase them with `forget --wait`."""
+    root = tmp_path_factory.mktemp("production")
+    source = root / "upstream.csv"
+    marked_table().to_csv(source, index=False)
+    ws = production_workspace(stack, root, name="purge")
+    (ws / ".oblivio" / "secret").write_text(TEST_SECRET + "\n")
+    set_params(ws, {**FAST, "executor": {"kind": "dask"},  # the address init wrote stays
+                    "data": {"source": str(source), "min_rows": 50,
+                             "columns": {"record_id": "rid", "subject_id": "person", "label": "y",
+                                         "features": ["a", "b", "c"]}}})
+    before = json.loads(prod_cli(stack, ws, "run", "--json").stdout)
+    model_name = yaml.safe_load((ws / "mlflow.yaml").read_text())["model_name"]
+    old = registry(stack).get_model_version(model_name, before["model_version"])
+    planted = [k for k, v in objects(stack).items() if marker_hits(k, v)]
+    result = json.loads(prod_cli(stack, ws, "forget", "--subject", SUBJECT, "--wait", "--json").stdout)
+    return {"ws": ws, "before": before, "result": result, "model_name": model_name, "old_model_id": old.model_id,
+            "old_run_id": old.run_id, "planted": planted}
+
+
+def test_doctor_checks_every_backend(stack, erased):
+    proc = prod_cli(stack, erased["ws"], "doctor", "--json")
+    checks = {c["backend"]: c["ok"] for c in json.loads(proc.stdout)["checks"]}
+    assert checks == {"mlflow tracking server": True, "mlflow database (gc)": True, "mlflow artifact store": True,
+                      "dvc remote": True, "prefect server": True, "dask cluster": True}
+
+
+def test_the_scan_would_see_the_person_before_the_erasure(erased):
+    """The scan is not blind: before the erasure the DVC remote in S3 held the marked rows."""
+    assert any(k.startswith("s3://dvc/purge/") for k in erased["planted"]), erased["planted"]
+
+
+def test_erasure_promoted_and_the_old_version_is_gone_from_the_server(stack, erased):
+    before, result = erased["before"], erased["result"]
+    assert result["status"] == "promoted" and result["model_version"] == before["model_version"] + 1
+    assert result["purge"]["model_versions_deleted"] == [before["model_version"]]
+    c = registry(stack)
+    versions = [int(v.version) for v in c.search_model_versions(f"name='{erased['model_name']}'")]
+    assert versions == [result["model_version"]]
+    keys = objects(stack)
+    assert not [k for k in keys if erased["old_model_id"] in k], "the logged model's files stay in S3"
+    assert not [k for k in keys if erased["old_run_id"] in k]
+    assert [k for k in keys if k.startswith("s3://mlflow/")], "the new version's artifacts are in S3"
+
+
+def test_no_copy_of_the_erased_person_remains_on_any_backend(stack, erased):
+    """Every object of every bucket, both databases as SQL, the services' logs, the workspace."""
+    hits = [hit for key, data in objects(stack).items() for hit in marker_hits(key, data)]
+    for database in ("mlflow", "prefect"):
+        hits += marker_hits(f"pg_dump {database}", stack.pg_dump(database).encode())
+    for log in stack.base.glob("*.log"):
+        hits += marker_hits(str(log), log.read_bytes())
+    ws = erased["ws"]
+    hits += [hit for p in ws.rglob("*") if p.is_file() for hit in marker_hits(str(p), p.read_bytes())]
+    assert hits == []
+    assert MARKER not in json.dumps(erased["result"])
+
+
+def test_the_prefect_server_keeps_only_the_erasure_flow_run(stack, erased):
+    """The flow runs that trained on the erased data (parameters, states, task runs, logs) are gone."""
+    import urllib.request
+
+    def post(path: str, body: dict) -> list:
+        req = urllib.request.Request(f"{stack.prefect_api}{path}", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return json.loads(response.read())
+
+    assert erased["result"]["purge"]["flow_runs_deleted"] >= 1
+    runs = [r for r in post("/flow_runs/filter", {"limit": 200}) if r["parameters"].get("root") == str(erased["ws"])]
+    assert [r["parameters"]["trigger"] for r in runs] == ["forget"]
+    deadline = time.monotonic() + 30  # the server deletes a flow run's logs in a background job
+    while {log["flow_run_id"] for log in post("/logs/filter", {"limit": 200})} - {runs[0]["id"], None}:
+        assert time.monotonic() < deadline, "logs of deleted flow runs stay"
+        time.sleep(0.5)
