@@ -118,7 +118,12 @@ def _process(ws, args, trigger: str) -> dict:
             return flow(str(ws.root), ws.params.sisa.shards, trigger=trigger)
         except Exception as err:
             erasure.record_failure(ws, err)
-            raise
+            if isinstance(err, OblivioError):
+                raise
+            from oblivio.errors import BackendError  # a backend failed mid-batch: nothing is lost, say so
+
+            raise BackendError(f"the deletion batch stopped ({type(err).__name__}: {str(err)[:300]}); its "
+                               "requests stay in the ledger and the next `oblivio process` retries them") from err
 
 
 def _timed(result: dict, began: float) -> dict:

@@ -252,7 +252,7 @@ def _purge_model_versions(ws: Workspace, *, keep_version: int, request_ids: list
             cfg.model_name, f"oblivio.purged.v{mv.version}",
             f"deleted {when}: trained on data erased by {', '.join(request_ids)}")
         client.delete_model_version(cfg.model_name, mv.version)
-        if model_id := _logged_model_id(mv):  # its files are the logged model's, not the version's
+        if model_id := tracking.logged_model_id(mv):  # its files are the logged model's, not the version's
             client.delete_logged_model(model_id)
     experiment = client.get_experiment_by_name(cfg.experiment)
     stale_runs = client.search_runs([experiment.experiment_id], f"tags.`oblivio.dataset_version` != '{current}'")
@@ -263,15 +263,6 @@ def _purge_model_versions(ws: Workspace, *, keep_version: int, request_ids: list
     if stale or stale_runs:
         _mlflow_gc(cfg)
     return sorted(int(mv.version) for mv in stale)
-
-
-def _logged_model_id(mv) -> str | None:
-    """The logged model behind a version: `model_id`, which a tracking server's REST answer
-    leaves empty, else its `models:/m-...` source."""
-    if getattr(mv, "model_id", None):
-        return mv.model_id
-    source = mv.source or ""
-    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
 def _mlflow_gc(cfg) -> None:
@@ -372,12 +363,18 @@ def finish(root: Path, *, batch: dict, registered: dict, promoted: dict, shards:
 
 
 def record_failure(ws: Workspace, err: BaseException) -> None:
-    """A batch that failed: its unapplied requests become `failed` (retried by the next run)."""
+    """A batch that failed: its unapplied requests become `failed`, its applied ones keep their
+    status with the error (a purge that did not finish); the next run retries both."""
     ledger = Ledger(ws.ledger_path)
+    error = f"{type(err).__name__}: {str(err)[:500]}"
     try:
-        pending = [r.id for r in ledger.actionable() if r.status != "applied"]
+        actionable = ledger.actionable()
+        pending = [r.id for r in actionable if r.status != "applied"]
         if pending:
-            ledger.mark_failed(pending, error=f"{type(err).__name__}: {str(err)[:500]}")
+            ledger.mark_failed(pending, error=error)
+        applied = [r.id for r in actionable if r.status == "applied"]
+        if applied:
+            ledger.note_error(applied, error=error)
     finally:
         ledger.close()
 

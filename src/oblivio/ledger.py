@@ -395,6 +395,11 @@ class Ledger:
         """Refuse a request for good; the reason is kept in `error` for the requester."""
         self._transition([request_id], "rejected", "error = ?", (reason,))
 
+    def note_error(self, ids: Sequence[str], *, error: str) -> None:
+        """An applied request whose purge failed: it stays applied (its data is gone from the
+        training set) with the error kept, and the next run finishes the purge."""
+        self._transition(ids, "applied", "error = ?, attempts = attempts + 1", (error,))
+
     def mark_failed(self, ids: Sequence[str], *, error: str) -> None:
         """Record a failed attempt; the request stays actionable and will be retried."""
         self._transition(ids, "failed", "error = ?, attempts = attempts + 1", (error,))

@@ -12,6 +12,7 @@ whatever state the others are in.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -225,22 +226,27 @@ class LoopbackStack:
     # --- stop ---------------------------------------------------------------
     def stop(self) -> None:
         """Stop every service this stack started (each one even if another fails to stop)."""
-        for name in SERVICES:
+        signalled = []
+        for name in SERVICES:  # all at once: each takes seconds to shut down
             pid = self.pids.pop(name, None)
             if pid is None:
                 continue
             try:
-                if name == "worker":  # the worker ignores SIGTERM for a minute; two SIGINTs stop it
-                    os.killpg(pid, signal.SIGINT)
-                    time.sleep(1)
-                    os.killpg(pid, signal.SIGINT)
-                else:
-                    os.killpg(pid, signal.SIGTERM)
-                if not _wait_gone(pid, 10):
-                    os.killpg(pid, signal.SIGKILL)
-                    _wait_gone(pid, 5)
+                # the worker ignores SIGTERM for a minute; SIGINT twice, a moment apart, stops it
+                os.killpg(pid, signal.SIGINT if name == "worker" else signal.SIGTERM)
+                signalled.append((name, pid))
             except ProcessLookupError:
                 pass
+        if any(name == "worker" for name, _ in signalled):
+            time.sleep(1)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(dict(signalled)["worker"], signal.SIGINT)
+        deadline = time.monotonic() + 10
+        for _, pid in signalled:
+            if not _wait_gone(pid, max(0.0, deadline - time.monotonic())):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                _wait_gone(pid, 5)
         for proc in getattr(self, "_procs", {}).values():
             try:
                 proc.wait(timeout=1)  # reap
@@ -262,19 +268,20 @@ class LoopbackStack:
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
+    """Whether the process ended within `timeout` (reaped if it is our child)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         try:
-            finished, _ = os.waitpid(pid, os.WNOHANG)
-            if finished:
+            if os.waitpid(pid, os.WNOHANG)[0]:
                 return True
-        except ChildProcessError:  # not our child: poll for existence
+        except ChildProcessError:  # not our child (or reaped already): is it still there?
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.1)
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:

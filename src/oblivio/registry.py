@@ -17,6 +17,7 @@ from oblivio.audit.gates import AuditContext, GateResult, all_passed, evaluate_g
 from oblivio.config import params_as_flat_dict
 from oblivio.data.columns import SUBJECT_KEY
 from oblivio.errors import OblivioError
+from oblivio.faults import crash_point
 from oblivio.report import render_version_report
 from oblivio.workspace import Workspace
 
@@ -60,10 +61,12 @@ def register(root: Path, run: dict) -> dict:
         "version": hashes.get("data/shards", ""), "uri": ws.shards_dir.as_uri(),
         "holdout_version": hashes.get("data/holdout.parquet", ""), "holdout_uri": ws.holdout_path.as_uri(),
     }
-    ids = tracking.log_pipeline_run(
-        cfg, run_name=run["run_name"], params=params_as_flat_dict(ws.params),
-        tags={"oblivio.trigger": run.get("trigger", "manual"), "oblivio.git_commit": git_commit(ws.root),
-              "oblivio.dataset_version": dataset["version"], "oblivio.models_version": hashes.get("models", "")},
+    tags = {"oblivio.trigger": run.get("trigger", "manual"), "oblivio.git_commit": git_commit(ws.root),
+            "oblivio.dataset_version": dataset["version"], "oblivio.models_version": hashes.get("models", ""),
+            **({"oblivio.requests": ",".join(sorted(run["requests"]))} if run.get("requests") else {})}
+    # a retried deletion batch whose version was registered before a failure: that version, not a second one
+    ids = (run.get("requests") and tracking.registered_for(cfg, tags)) or tracking.log_pipeline_run(
+        cfg, run_name=run["run_name"], params=params_as_flat_dict(ws.params), tags=tags,
         dataset=dataset, shards=run["shards"], metrics=run["metrics"], models_dir=ws.models_dir,
         features=list(ws.params.data.columns.features), labels=list(ws.params.data.label_domain),
         feature_types=_raw_types(ws),
@@ -85,6 +88,7 @@ def register(root: Path, run: dict) -> dict:
         "oblivio.gates_passed": str(all_passed(gates)).lower(),
         **{f"gate.{name}": "passed" if g.passed else "FAILED" for name, g in gates.items()},
     }, description=render_version_report(summary))
+    crash_point("registry:registered")
     return summary
 
 

@@ -156,6 +156,27 @@ def _log_shard_run(c, experiment_id: str, parent_run_id: str, shard: dict, metri
     c.set_terminated(run.info.run_id)
 
 
+def logged_model_id(mv) -> str | None:
+    """The logged model behind a version (its files live there): `model_id`, which a tracking
+    server's REST answer leaves empty, else its `models:/m-...` source."""
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    source = mv.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
+def registered_for(cfg: MlflowConfig, tags: dict[str, str]) -> dict | None:
+    """The version an earlier attempt registered from a run with exactly these data, models and
+    requests tags (a retry after a failure past registration), or None."""
+    c = client(cfg)
+    keys = ("oblivio.dataset_version", "oblivio.models_version", "oblivio.requests")
+    for mv in c.search_model_versions(f"name='{cfg.model_name}'"):
+        run_tags = c.get_run(mv.run_id).data.tags if mv.run_id else {}
+        if all(run_tags.get(k) == tags.get(k) for k in keys):
+            return {"run_id": mv.run_id, "model_version": int(mv.version), "model_uri": mv.source}
+    return None
+
+
 def version_tags(cfg: MlflowConfig, version: int, tags: dict[str, str], description: str | None = None) -> None:
     c = client(cfg)
     for key, value in tags.items():

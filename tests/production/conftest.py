@@ -6,13 +6,18 @@ the production tests are skipped: the one skip this suite allows.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
-from helpers import cli
+from canary import SUBJECT, marked_table, marker_hits
+from helpers import FAST, TEST_SECRET, set_params
+from link import Link
+from prodstack import objects, prod_cli, production_workspace, registry
 
 pytestmark = pytest.mark.production
 
@@ -34,17 +39,33 @@ def stack():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def prod_cli(stack, ws, *args, check: bool = True, env: dict | None = None):
-    """`oblivio ARGS` with the stack's credentials in the environment; the workspace names the servers."""
-    return cli(ws, *args, check=check, env={**stack.client_environment(), **(env or {})}, embedded=True)
+@pytest.fixture(scope="session")
+def s3_link(stack):
+    """The workspace reaches S3 through this link, so a test can cut it (moto itself keeps running)."""
+    link = Link(stack.ports["s3"]).mend()
+    yield link
+    link.cut()
 
 
-def production_workspace(stack, root, *, name: str = "ws", **overrides):
-    """`oblivio init --profile production` against the loopback stack (a fresh DVC prefix per workspace)."""
-    flags = {"--mlflow-uri": stack.mlflow_uri, "--mlflow-database": stack.database_uri("mlflow", password=False),
-             "--dvc-remote": f"s3://dvc/{name}", "--s3-endpoint": stack.s3_endpoint,
-             "--prefect-api": stack.prefect_api, "--dask-address": stack.dask_address, **overrides}
-    ws = root / name
-    args = [a for flag, value in flags.items() if value is not None for a in (flag, value)]
-    cli(None, "init", str(ws), "--profile", "production", *args)
-    return ws
+@pytest.fixture(scope="session")
+def erased(stack, s3_link, tmp_path_factory):
+    """Train on Dask with the marked person in the table, then erase them with `forget --wait`."""
+    root = tmp_path_factory.mktemp("production")
+    source = root / "upstream.csv"
+    marked_table().to_csv(source, index=False)
+    ws = production_workspace(stack, root, name="purge", **{"--s3-endpoint": s3_link.url})
+    (ws / ".oblivio" / "secret").write_text(TEST_SECRET + "\n")
+    set_params(ws, {**FAST, "executor": {"kind": "dask"},  # the address init wrote stays
+                    "data": {"source": str(source), "min_rows": 50,
+                             "columns": {"record_id": "rid", "subject_id": "person", "label": "y",
+                                         "features": ["a", "b", "c"]}}})
+    before = json.loads(prod_cli(stack, ws, "run", "--json").stdout)
+    model_name = yaml.safe_load((ws / "mlflow.yaml").read_text())["model_name"]
+    old = registry(stack).get_model_version(model_name, before["model_version"])
+    from oblivio.tracking import logged_model_id
+
+    planted = [k for k, v in objects(stack).items() if marker_hits(k, v)]
+    result = json.loads(prod_cli(stack, ws, "forget", "--subject", SUBJECT, "--wait", "--json").stdout)
+    return {"ws": ws, "before": before, "result": result, "model_name": model_name,
+            "old_model_id": logged_model_id(old),
+            "old_run_id": old.run_id, "planted": planted}

@@ -10,51 +10,11 @@ import json
 import time
 
 import pytest
-import yaml
 
-from canary import MARKER, SUBJECT, marked_table, marker_hits
-from conftest import prod_cli, production_workspace
-from helpers import TEST_SECRET, FAST, set_params
+from canary import MARKER, marker_hits
+from prodstack import objects, prod_cli, registry
 
 pytestmark = pytest.mark.production
-
-
-def objects(stack):
-    """Every object of every bucket: {s3://bucket/key: bytes}."""
-    s3 = stack.s3()
-    found = {}
-    for bucket in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for obj in page.get("Contents", []):
-                found[f"s3://{bucket}/{obj['Key']}"] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-    return found
-
-
-def registry(stack):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)
-
-
-@pytest.fixture(scope="module")
-def erased(stack, tmp_path_factory):
-    """Train on Dask with the marked person in the table, then erase them with `forget --wait`."""
-    root = tmp_path_factory.mktemp("production")
-    source = root / "upstream.csv"
-    marked_table().to_csv(source, index=False)
-    ws = production_workspace(stack, root, name="purge")
-    (ws / ".oblivio" / "secret").write_text(TEST_SECRET + "\n")
-    set_params(ws, {**FAST, "executor": {"kind": "dask"},  # the address init wrote stays
-                    "data": {"source": str(source), "min_rows": 50,
-                             "columns": {"record_id": "rid", "subject_id": "person", "label": "y",
-                                         "features": ["a", "b", "c"]}}})
-    before = json.loads(prod_cli(stack, ws, "run", "--json").stdout)
-    model_name = yaml.safe_load((ws / "mlflow.yaml").read_text())["model_name"]
-    old = registry(stack).get_model_version(model_name, before["model_version"])
-    planted = [k for k, v in objects(stack).items() if marker_hits(k, v)]
-    result = json.loads(prod_cli(stack, ws, "forget", "--subject", SUBJECT, "--wait", "--json").stdout)
-    return {"ws": ws, "before": before, "result": result, "model_name": model_name, "old_model_id": old.model_id,
-            "old_run_id": old.run_id, "planted": planted}
 
 
 def test_doctor_checks_every_backend(stack, erased):
