@@ -253,6 +253,26 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_deploy(args) -> int:
+    """The scheduled pipeline on a process work pool, run by `prefect worker` (not by `serve`)."""
+    ws = _workspace(args)
+    from flows.server import prefect_api
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise OblivioError("deploy needs a Prefect server that outlives this command: set PREFECT_API_URL or "
+                           "`oblivio init --profile production --prefect-api URL`.")
+    with prefect_api() as ready:
+        from flows.deployments import deploy_to_work_pool
+
+        ready()
+        schedule = ws.params.schedule
+        result = deploy_to_work_pool(str(ws.root), n_shards=ws.params.sisa.shards, cron=schedule.cron,
+                                     timezone=schedule.timezone, work_pool=args.work_pool)
+    _emit(result, args.json, f"{result['deployment']} deployed on work pool {args.work_pool} ({schedule.cron}); "
+          f"start `prefect worker start --pool {args.work_pool}` to run it")
+    return 0
+
+
 def cmd_process(args) -> int:
     began = time.perf_counter()
     ws = _workspace(args)
@@ -583,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address of the Prefect server (default loopback)")
     p.add_argument("--port", type=int, default=4200)
     p.add_argument("--allow-remote", action="store_true", help="permit a non-loopback --host")
+
+    p = command("deploy", cmd_deploy, "deploy the scheduled pipeline on a process work pool (run by `prefect worker`)")
+    p.add_argument("--work-pool", required=True, help="name of an existing process work pool")
 
     p = command("requests", cmd_requests, "list the deletion ledger")
     p.add_argument("--status", choices=["pending", "applied", "promoted", "rejected", "failed"])

@@ -23,7 +23,7 @@ def crash_point(name: str) -> None:
     if os.environ.get("OBLIVIO_CRASH_AT") == name:
         os.killpg(os.getpgid(0), signal.SIGKILL)
     if os.environ.get("OBLIVIO_HOLD_AT") == name and os.environ.get("OBLIVIO_HOLD_FILE"):
-        hold = Path(os.environ["OBLIVIO_HOLD_FILE"])
+        hold = Path(os.environ.pop("OBLIVIO_HOLD_FILE"))  # once per process: a task's retry goes on
         hold.write_text(name)
         deadline = time.monotonic() + HOLD_TIMEOUT_S
         while hold.exists() and time.monotonic() < deadline:
