@@ -51,7 +51,13 @@ def garbage_collect(root: Path) -> None:
     `workspace` alone: all branches, tags or commits would keep old versions, and with
     them erased records.
     """
-    _with_repo(root, "gc", lambda repo: repo.gc(workspace=True, cloud=True, force=True))
+    try:
+        _with_repo(root, "gc", lambda repo: repo.gc(workspace=True, cloud=True, force=True))
+    except WorkspaceError:
+        raise
+    except Exception as err:  # the remote's own errors (an S3 endpoint that does not answer) are not DVC's
+        raise WorkspaceError(f"`dvc gc -w -c` could not clean the DVC remote; erased data may remain there until "
+                             f"the next run: {type(err).__name__}: {err}") from err
 
 
 def output_hashes(root: Path) -> dict[str, str]:
