@@ -1,7 +1,8 @@
 """A planted person with unique marker values, and the scan that must not find them after erasure.
 
-Shared by the embedded-stack test (tests/integration/test_erasure.py) and the production one
-(tests/production/test_production_purge.py): the same person, the same scan, other stores.
+Shared by the embedded-stack test (tests/integration/test_erasure.py: the person; its
+workspace scan is helpers.marker_hits) and the production one (tests/production/test_purge_production.py):
+the same person, the same scan, other stores (objects of every bucket, database dumps).
 """
 from __future__ import annotations
 
@@ -36,12 +37,13 @@ def marked_table() -> pd.DataFrame:
     return pd.concat([table, planted], ignore_index=True)
 
 
-def marker_hits(name: str, data: bytes) -> list[str]:
-    """Where `data` (a file or an object, named `name`) holds the marker: as bytes, or in a Parquet table."""
-    hits = [name] if MARKER.encode() in data or str(MARKER_VALUE).encode() in data else []
+def object_hits(name: str, data: bytes, marker: str = MARKER, value: float = MARKER_VALUE) -> list[str]:
+    """Where `data` (a file or an object, named `name`) holds the marker or the value: as bytes
+    (text), or in a Parquet table (compressed pages hide bytes)."""
+    hits = [name] if marker.encode() in data or str(value).encode() in data else []
     if data[:4] == b"PAR1":
         table = pq.read_table(io.BytesIO(data)).to_pandas()
         as_text = table.astype(str)
-        if as_text.apply(lambda col: col.str.contains(MARKER)).any().any() or (table == MARKER_VALUE).any().any():
+        if as_text.apply(lambda col: col.str.contains(marker)).any().any() or (table == value).any().any():
             hits.append(f"{name} (table)")
     return hits

@@ -89,7 +89,8 @@ def csv_workspace(root: Path, table: pd.DataFrame | None = None, **extra) -> Pat
 
 
 def marker_hits(ws: Path, marker: str, value: float) -> list[str]:
-    """Every file of the workspace holding `marker` (as bytes) or, in a Parquet table, `marker` or `value`."""
+    """Every file of the workspace holding `marker` (as bytes) or, in a Parquet table, `marker` or `value`.
+    (The production tests scan objects and database dumps the same way: canary.object_hits.)"""
     import pyarrow.parquet as pq
 
     hits = []

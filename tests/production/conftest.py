@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from canary import SUBJECT, marked_table, marker_hits
+from canary import SUBJECT, marked_table, object_hits
 from helpers import FAST, TEST_SECRET, set_params
 from link import Link
 from prodstack import objects, prod_cli, production_workspace, registry
@@ -64,7 +64,7 @@ def erased(stack, s3_link, tmp_path_factory):
     old = registry(stack).get_model_version(model_name, before["model_version"])
     from oblivio.tracking import logged_model_id
 
-    planted = [k for k, v in objects(stack).items() if marker_hits(k, v)]
+    planted = [k for k, v in objects(stack).items() if object_hits(k, v)]
     result = json.loads(prod_cli(stack, ws, "forget", "--subject", SUBJECT, "--wait", "--json").stdout)
     return {"ws": ws, "before": before, "result": result, "model_name": model_name,
             "old_model_id": logged_model_id(old),

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from canary import MARKER, marker_hits
+from canary import MARKER, object_hits
 from prodstack import objects, prod_cli, registry
 
 pytestmark = pytest.mark.production
@@ -44,13 +44,13 @@ def test_erasure_promoted_and_the_old_version_is_gone_from_the_server(stack, era
 
 def test_no_copy_of_the_erased_person_remains_on_any_backend(stack, erased):
     """Every object of every bucket, both databases as SQL, the services' logs, the workspace."""
-    hits = [hit for key, data in objects(stack).items() for hit in marker_hits(key, data)]
+    hits = [hit for key, data in objects(stack).items() for hit in object_hits(key, data)]
     for database in ("mlflow", "prefect"):
-        hits += marker_hits(f"pg_dump {database}", stack.pg_dump(database).encode())
+        hits += object_hits(f"pg_dump {database}", stack.pg_dump(database).encode())
     for log in stack.base.glob("*.log"):
-        hits += marker_hits(str(log), log.read_bytes())
+        hits += object_hits(str(log), log.read_bytes())
     ws = erased["ws"]
-    hits += [hit for p in ws.rglob("*") if p.is_file() for hit in marker_hits(str(p), p.read_bytes())]
+    hits += [hit for p in ws.rglob("*") if p.is_file() for hit in object_hits(str(p), p.read_bytes())]
     assert hits == []
     assert MARKER not in json.dumps(erased["result"])
 
