@@ -74,7 +74,8 @@ def test_tracking_server_killed_then_s3_cut_then_the_batch_completes_once(stack,
         _, stderr = proc.communicate(timeout=300)
     finally:
         s3_link.mend()
-    assert proc.returncode == 5 and "Traceback" not in stderr, stderr[-2000:]
+    assert proc.returncode != 0 and "Traceback" not in stderr, stderr[-2000:]
+    assert "could not clean the DVC remote; erased data may remain there" in stderr
     state = requests_of(stack, ws)[request]
     assert state["status"] == "applied" and "dvc gc" in state["error"], state
 
