@@ -37,16 +37,19 @@ def deploy_to_work_pool(root: str, *, n_shards: int, cron: str, timezone: str, w
     The code is pulled from this installation's directory; the worker must run on a machine
     that has it (and the workspace) at the same path. One deployment per workspace.
     """
+    import contextlib
     import hashlib
+    import sys
     from pathlib import Path
 
     source = Path(__file__).resolve().parent.parent  # the directory that holds flows/
     name = f"scheduled-{Path(root).name}-{hashlib.sha256(root.encode()).hexdigest()[:8]}"
     remote = training_pipeline.from_source(source=str(source), entrypoint="flows/pipeline.py:training_pipeline")
-    deployment_id = remote.deploy(
-        name=name, work_pool_name=work_pool, schedules=[Cron(cron, timezone=timezone)],
-        parameters={"root": root, "n_shards": n_shards, "trigger": "schedule"},
-        description="Ingest, validate, version, train, audit, register, promote.", tags=["oblivio"],
-        build=False, push=False, print_next_steps=False, ignore_warnings=True)
+    with contextlib.redirect_stdout(sys.stderr):  # Prefect prints a table; stdout is the command's (--json)
+        deployment_id = remote.deploy(
+            name=name, work_pool_name=work_pool, schedules=[Cron(cron, timezone=timezone)],
+            parameters={"root": root, "n_shards": n_shards, "trigger": "schedule"},
+            description="Ingest, validate, version, train, audit, register, promote.", tags=["oblivio"],
+            build=False, push=False, print_next_steps=False, ignore_warnings=True)
     return {"deployment": f"{training_pipeline.name}/{name}", "deployment_id": str(deployment_id),
             "work_pool": work_pool}
