@@ -25,7 +25,7 @@ from bench.common import (
     file_sizes, flow_phases, log, make_workspace, phase_table, replicated_nlswork, round_robin, secs,
     times, training_subjects, verdict,
 )
-from flows.server import free_port
+from oblivio.flows.prefect_api import free_port
 
 BATCH = 100
 COPIES = 10

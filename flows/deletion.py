@@ -5,8 +5,8 @@ import time
 
 from prefect import flow
 
-from tasks import deletion as d
-from tasks import pipeline as t
+from oblivio.tasks import deletion as d
+from oblivio.tasks import stages as t
 
 
 @flow(name="oblivio-deletion")

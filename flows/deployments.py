@@ -11,9 +11,9 @@ from __future__ import annotations
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 
-from flows.deletion import deletion_pipeline
-from flows.events import REQUEST_EVENT, workspace_resource
-from flows.pipeline import training_pipeline
+from oblivio.flows.deletion import deletion_pipeline
+from oblivio.flows.events import REQUEST_EVENT, workspace_resource
+from oblivio.flows.training import training_pipeline
 
 
 def workspace_deployments(root: str, *, n_shards: int, cron: str, timezone: str) -> list:

@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime, timezone
 
 REQUEST_EVENT = "oblivio.request.recorded"
+OVERDUE_EVENT = "oblivio.request.overdue"  # a request passed its due date unsettled: for an alerting automation
 
 
 def workspace_resource(root: str) -> str:
@@ -22,9 +23,17 @@ def workspace_resource(root: str) -> str:
 
 def announce_request(api_url: str, root: str, request_id: str) -> None:
     """Tell a serving Prefect server that a request was recorded (request id only, no personal data)."""
-    event = {"id": str(uuid.uuid4()), "occurred": datetime.now(timezone.utc).isoformat(), "event": REQUEST_EVENT,
-             "resource": {"prefect.resource.id": workspace_resource(root)}, "related": [],
-             "payload": {"request_id": request_id}}
+    _post_event(api_url, root, REQUEST_EVENT, {"request_id": request_id})
+
+
+def announce_overdue(api_url: str, root: str, request_id: str, *, due: str, status: str) -> None:
+    """A request is past its due date and not settled (request id, due date and status only)."""
+    _post_event(api_url, root, OVERDUE_EVENT, {"request_id": request_id, "due": due, "status": status})
+
+
+def _post_event(api_url: str, root: str, name: str, payload: dict) -> None:
+    event = {"id": str(uuid.uuid4()), "occurred": datetime.now(timezone.utc).isoformat(), "event": name,
+             "resource": {"prefect.resource.id": workspace_resource(root)}, "related": [], "payload": payload}
     request = urllib.request.Request(f"{api_url}/events", data=json.dumps([event]).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10):

@@ -8,7 +8,7 @@ import sys
 import oblivio  # noqa: F401  first: pins the numerics before numpy and torch load
 import pytest
 
-from flows.server import free_port, stop, wait_healthy
+from oblivio.flows.prefect_api import free_port, stop, wait_healthy
 from helpers import SHARED_API, csv_workspace
 
 

@@ -1,4 +1,5 @@
-"""`oblivio`: the command-line face. The only core module that may import flows or Prefect.
+"""`oblivio`: the command-line face. It parses arguments, calls the Python API
+(`oblivio.api`), and renders the result; the use cases live behind the API.
 
 Heavy libraries are imported inside the commands, so `oblivio --help` answers at once.
 Every user mistake ends in one message on stderr and a non-zero exit, never a traceback.
@@ -16,48 +17,30 @@ from pathlib import Path
 from oblivio.errors import OblivioError
 
 
-def _emit(result: dict, as_json: bool, human: str) -> None:
+def _emit(result, as_json: bool, human: str) -> None:
     if as_json:
-        print(json.dumps(result, indent=1, sort_keys=True, default=str))
+        print(json.dumps(result.to_dict(), indent=1, sort_keys=True, default=str))
     else:
         print(human)
 
 
-def _workspace(args):
-    from oblivio.workspace import Workspace
-
-    from oblivio import numerics
-
-    ws = Workspace.find(Path(args.workspace) if args.workspace else None)
-    _ = ws.params, ws.mlflow  # validate both files before anything starts
-    numerics.pin_process(ws.params.train.numerics)  # before torch and numpy load
-    os.environ.update(ws.environment())
-    _quiet_libraries()
-    _ = ws.secret
-    return ws
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def _quiet_libraries() -> None:
-    """Progress bars and advice from MLflow and GX are noise in a pipeline's output."""
-    import logging
-    import warnings
+def _open(args):
+    from oblivio.api import Workspace
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    logging.getLogger("alembic").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="mlflow")
+    return Workspace.open(args.workspace, progress=_progress)
 
 
-def _runner(ws, args, default_kind: str | None = None):
-    from flows.runners import make_task_runner
-
-    ex = ws.params.executor
-    return make_task_runner(args.executor or default_kind or ex.kind, max_workers=args.workers or ex.max_workers,
-                            dask_address=args.dask_address or ex.dask_address, environment=ws.environment())
+def _executor(args) -> dict:
+    return {"executor": args.executor, "workers": args.workers, "dask_address": args.dask_address}
 
 
 def cmd_init(args) -> int:
     from oblivio.profiles import Production
+    from oblivio.results import InitResult
     from oblivio.workspace import init_workspace
 
     if args.from_table and args.profile != "embedded":
@@ -69,69 +52,27 @@ def cmd_init(args) -> int:
         ws, told = init_from_table(Path(args.directory), Path(args.from_table), subject_id=args.subject_id,
                                    label=args.label, record_id=args.record_id)
         print(told, file=sys.stderr)
+        result = InitResult(workspace=str(ws.root))
     else:
         production = Production(args.mlflow_uri or "", args.mlflow_database or "", args.dvc_remote or "",
                                 args.s3_endpoint or "", args.prefect_api or "", args.dask_address or "")
         ws = init_workspace(Path(args.directory), source=args.source, profile=args.profile, production=production)
-    _emit({"workspace": str(ws.root)}, args.json,
-          f"Created an Oblivio workspace in {ws.root}.\nNext: cd {args.directory} && oblivio run")
+        result = InitResult(workspace=str(ws.root))
+    _emit(result, args.json, f"Created an Oblivio workspace in {result.workspace}.\n"
+                             f"Next: cd {args.directory} && oblivio run")
     return 0
 
 
 def cmd_run(args) -> int:
-    began = time.perf_counter()
-    ws = _workspace(args)
     from oblivio.doctor import require_reachable
+    from oblivio.report import render_run_summary
 
-    require_reachable(ws, "run")
-    from flows.server import prefect_api
+    require_reachable(_open(args).layout, "run")
 
-    with ws.exclusive("run"), prefect_api() as ready:  # the server boots while the stack imports
-        from oblivio import tracking
-        from oblivio.report import render_run_summary
-        from flows.pipeline import training_pipeline
-
-        tracking.ensure_experiment(ws.mlflow)
-        flow = training_pipeline.with_options(task_runner=_runner(ws, args))
-        ready()
-        result = flow(str(ws.root), ws.params.sisa.shards, from_scratch=args.from_scratch, trigger=args.trigger,
-                      baseline=ws.params.report.baseline and not args.no_baseline, reslice=args.reslice)
-    result["model_name"] = ws.mlflow.model_name
-    _timed(result, began)
-    _emit(result, args.json, render_run_summary(result))
+    result = _open(args).run(from_scratch=args.from_scratch, baseline=False if args.no_baseline else None,
+                             reslice=args.reslice, trigger=args.trigger, **_executor(args))
+    _emit(result, args.json, render_run_summary(result.to_dict()))
     return 0
-
-
-def _process(ws, args, trigger: str) -> dict:
-    """Run the deletion flow over every actionable request; failures are recorded in the ledger."""
-    from flows.server import prefect_api
-
-    with ws.exclusive("process"), prefect_api() as ready:  # the server boots while the stack imports
-        from oblivio import erasure, tracking
-        from flows.deletion import deletion_pipeline
-
-        tracking.ensure_experiment(ws.mlflow)
-        # a batch retrains a shard or two: threads start at once, a process pool costs seconds
-        flow = deletion_pipeline.with_options(task_runner=_runner(ws, args, default_kind="thread"))
-        ready()
-        try:
-            return flow(str(ws.root), ws.params.sisa.shards, trigger=trigger)
-        except Exception as err:
-            erasure.record_failure(ws, err)
-            if isinstance(err, OblivioError):
-                raise
-            from oblivio.errors import BackendError  # a backend failed mid-batch: nothing is lost, say so
-
-            raise BackendError(f"the deletion batch stopped ({type(err).__name__}: {str(err)[:300]}); its "
-                               "requests stay in the ledger and the next `oblivio process` retries them") from err
-
-
-def _timed(result: dict, began: float) -> dict:
-    """`seconds` is the whole command, as a user waits for it; `flow_seconds` the flow alone."""
-    if "seconds" in result:
-        result["flow_seconds"] = result["seconds"]
-    result["seconds"] = time.perf_counter() - began
-    return result
 
 
 def _process_summary(result: dict) -> str:
@@ -150,119 +91,56 @@ def _process_summary(result: dict) -> str:
 
 
 def cmd_forget(args) -> int:
-    began = time.perf_counter()
-    ws = _workspace(args)
     from oblivio import intake
     from oblivio.errors import RequestError
-    from oblivio.ledger import Ledger
 
     subjects = list(args.subject or []) + (intake.read_ids_file(Path(args.from_file)) if args.from_file else [])
     records = list(args.record or []) + (intake.read_ids_file(Path(args.records_from_file))
                                          if args.records_from_file else [])
     if not subjects and not records:
         raise RequestError("Nothing to forget: give --subject, --record, --from-file or --records-from-file.")
-    subject_hashes, record_hashes = intake.hash_ids(ws, subjects=subjects, records=records)
-    ledger = Ledger(ws.ledger_path)
-    try:
-        request, created = ledger.submit(kind=args.kind, subject_hashes=subject_hashes, record_hashes=record_hashes,
-                                         reason=args.reason or "")
-        problem = intake.precheck(ws, request) if created else None
-        if problem:
-            ledger.mark_rejected(request.id, reason=problem)
-            raise RequestError(f"Request {request.id} rejected, nothing changed: {problem}")
-    finally:
-        ledger.close()
-    note = "recorded" if created else f"already recorded ({request.status})"
+    ws = _open(args)
     if not args.wait:
-        announced = created and _announce(ws, request.id)
-        follow = ("the running `oblivio serve` was notified" if announced
+        result = ws.forget(subjects=subjects, records=records, kind=args.kind, reason=args.reason or "")
+        note = "recorded" if result.created else f"already recorded ({result.status})"
+        follow = ("the running `oblivio serve` was notified" if result.announced
                   else "`oblivio process` (or a running `oblivio serve`) will apply it")
-        _emit({"request_ids": [request.id], "status": request.status, "created": created, "announced": announced},
-              args.json, f"{request.id} {note}; {follow}")
+        _emit(result, args.json, f"{result.request_id} {note} (due {result.due[:10]}); {follow}")
         return 0
-    result = (created and not args.executor and _wait_for_serve(ws, request.id)) or _process(ws, args, trigger="forget")
-    _timed(result, began)
-    if result["status"] == "failed":
-        raise OblivioError(f"Request {request.id} failed and will be retried: {result['error']}")
-    refused = [r["reason"] for r in result.get("rejected", []) if r["request_id"] == request.id]
-    if result["status"] == "rejected" or refused:
-        raise RequestError(f"Request {request.id} rejected, nothing changed: {refused[0] if refused else result['error']}")
-    _emit(result, args.json, f"{request.id} {note}\n" + _process_summary(result))
+    result = ws.forget(subjects=subjects, records=records, kind=args.kind, reason=args.reason or "", wait=True,
+                       **_executor(args))
+    _emit(result, args.json, _process_summary(result.to_dict()))
     return 0
 
 
-def _wait_for_serve(ws, request_id: str) -> dict | None:
-    """With `oblivio serve` running, its warm process does the work: announce and wait.
-
-    None when nothing serves this workspace, or when `serve` stops before the request is
-    settled: the caller then processes it here (the ledger makes that safe).
-    """
-    from oblivio import intake
-
-    if not _announce(ws, request_id):
-        return None
-    print(f"{request_id}: handed to the running `oblivio serve`; waiting for it", file=sys.stderr, flush=True)
-    from flows.serve import serving_api
-
-    checks = 0
-    while (result := intake.settled(ws, request_id)) is None:
-        checks += 1
-        if checks % 20 == 0 and serving_api(ws.serve_state_path) is None:
-            return None
-        time.sleep(0.1)
-    return {**result, "processed_by": "serve"}
-
-
-def _announce(ws, request_id: str) -> bool:
-    """With `oblivio serve` running, an event starts the deletion flow within seconds."""
-    from flows.serve import serving_api
-
-    api_url = serving_api(ws.serve_state_path)
-    if api_url is None:
-        return False
-    from flows.events import announce_request
-
-    announce_request(api_url, str(ws.root), request_id)
-    return True
-
-
 def cmd_serve(args) -> int:
-    ws = _workspace(args)
-    from flows.serve import serve_workspace
-
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
-        from oblivio.errors import OblivioError
-
-        raise OblivioError(f"--host {args.host} would expose the Prefect API beyond this machine; "
-                           "add --allow-remote if that is intended (and put authentication in front of it).")
-
-    def ready(api_url: str, names: list[str]) -> None:
-        print(f"serving {', '.join(names)} on {api_url} (Ctrl-C stops; deployments stay active)", file=sys.stderr,
-              flush=True)
-
     import signal
+
+    ws = _open(args)
+
+    def ready(api_url: str, names: list[str], intake_url: str) -> None:
+        print(f"serving {', '.join(names)} on {api_url}; deletion intake on {intake_url}/v1/requests "
+              "(Ctrl-C stops; deployments stay active)", file=sys.stderr, flush=True)
 
     def stop(signum, frame):  # `kill`/systemd stop: shut down like Ctrl-C (server stopped, state removed)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    schedule = ws.params.schedule
-    serve_workspace(ws.root, n_shards=ws.params.sisa.shards, cron=schedule.cron, timezone=schedule.timezone,
-                    host=args.host, port=args.port, state_file=ws.serve_state_path,
-                    log_path=ws.state_dir / "prefect-server.log", ready=ready)
+    ws.serve(host=args.host, port=args.port, intake_port=args.intake_port, allow_remote=args.allow_remote,
+             ready=ready)
     return 0
 
 
 def cmd_deploy(args) -> int:
     """The scheduled pipeline on a process work pool, run by `prefect worker` (not by `serve`)."""
     ws = _workspace(args)
-    from flows.server import prefect_api
+    from oblivio.flows.prefect_api import prefect_api
 
     if not os.environ.get("PREFECT_API_URL"):
         raise OblivioError("deploy needs a Prefect server that outlives this command: set PREFECT_API_URL or "
                            "`oblivio init --profile production --prefect-api URL`.")
     with prefect_api() as ready:
-        from flows.deployments import deploy_to_work_pool
+        from oblivio.flows.deployments import deploy_to_work_pool
 
         ready()
         schedule = ws.params.schedule
@@ -274,39 +152,36 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_process(args) -> int:
-    began = time.perf_counter()
-    ws = _workspace(args)
-    result = _timed(_process(ws, args, trigger="process"), began)
-    _emit(result, args.json, _process_summary(result))
+    result = _open(args).process(**_executor(args))
+    _emit(result, args.json, _process_summary(result.to_dict()))
     return 0
 
 
 def cmd_requests(args) -> int:
-    ws = _workspace(args)
-    from oblivio.ledger import Ledger
+    ws = _open(args)
+    if args.example_ids:
+        from oblivio import examples
 
-    ledger = Ledger(ws.ledger_path)
-    try:
-        rows = [r.to_json() for r in ledger.list(status=args.status)]
-    finally:
-        ledger.close()
-    lines = [f"{r['id']}  {r['kind']:<10} {r['status']:<9} {r['created_at'][:19]}  "
+        result = examples.example_ids(ws.layout)
+        _emit(result, args.json, "subject ids: " + " ".join(result.subjects) + "\nrecord ids: "
+              + " ".join(result.records) + "\n(taken from the current data; use them in a tour or a drill)")
+        return 0
+    result = ws.requests(status=args.status, overdue=args.overdue)
+    lines = [f"{r['id']}  {r['kind']:<10} {r['status']:<9} {r['created_at'][:19]}  due {r['due'][:10]}"
+             f"{' OVERDUE' if r['overdue'] else ''}  "
              f"{len(r['subject_hashes'])} subject(s) {len(r['record_hashes'])} record(s)  {r['error'] or ''}"
-             for r in rows]
-    _emit({"requests": rows}, args.json, "\n".join(lines) or "no requests")
+             for r in result.requests]
+    _emit(result, args.json, "\n".join(lines) or ("no overdue requests" if args.overdue else "no requests"))
     return 0
 
 
 def cmd_verify(args) -> int:
-    ws = _workspace(args)
-    from oblivio.verify import verify
-
-    result = verify(ws.root, alias=args.alias, replay=args.replay)
+    result = _open(args).verify(alias=args.alias, replay=args.replay)
     mark = {True: "ok  ", False: "FAIL", None: "n/a "}
-    human = "\n".join(f"{mark[c['ok']]} {c['check']}: {c['detail']}" for c in result["checks"])
-    if not result["ok"]:
+    human = "\n".join(f"{mark[c['ok']]} {c['check']}: {c['detail']}" for c in result.checks)
+    if not result.ok:
         verdict, code = "VERIFICATION FAILED", 3
-    elif args.replay and not result["replayed"]:
+    elif args.replay and not result.replayed:
         verdict, code = "verified, except the replay: this machine cannot reproduce the recorded numerics", 4
     else:
         verdict, code = "verified", 0
@@ -315,65 +190,24 @@ def cmd_verify(args) -> int:
 
 
 def cmd_review(args) -> int:
-    ws = _workspace(args)
-    from oblivio.registry import review
     from oblivio.report import render_review
 
-    result = review(ws.root, version=args.version, alias=args.alias)
-    _emit(result, args.json, render_review(result))
+    result = _open(args).review(args.version, alias=args.alias)
+    _emit(result, args.json, render_review(result.to_dict()))
     return 0
 
 
 def cmd_approve(args) -> int:
-    ws = _workspace(args)
-    from oblivio.registry import approve
-
-    result = approve(ws.root, args.version, by=args.by)
-    _emit(result, args.json, f"v{result['model_version']} is now champion (approved by {result['approved_by']})")
+    result = _open(args).approve(args.version, by=args.by)
+    _emit(result, args.json, f"v{result.model_version} is now champion (approved by {result.approved_by})")
     return 0
 
 
 def cmd_scenario(args) -> int:
     """Inject manipulated records into a scratch copy, train, flag a share, correct, measure."""
-    import shutil
-    import tempfile
-
-    ws = _workspace(args)
-    from oblivio import scenario
-    from oblivio.intake import hash_ids
-    from oblivio.ledger import Ledger
-    from oblivio.unlearning.scenarios import flag_sample
-    from oblivio.workspace import Workspace, init_workspace
-
-    scratch = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="oblivio-scenario-"))
-    try:
-        table, manipulated, spec = scenario.poison(ws.root, kind=args.kind, fraction=args.fraction, seed=args.seed)
-        source = scratch / "manipulated.parquet"
-        scratch.mkdir(parents=True, exist_ok=True)
-        table.to_parquet(source, index=False)
-        sc = init_workspace(scratch / "workspace",
-                            params=scenario.params_with_source((ws.root / "params.yaml").read_text(), source))
-        sc = Workspace(sc.root)
-        _ = sc.params
-        print(f"scenario {args.kind}: {len(manipulated)} manipulated records ({args.fraction:.0%}); training",
-              file=sys.stderr, flush=True)
-        trained = _flow_in(sc, args, "pipeline")
-        before = scenario.measure(sc.root, spec, set(manipulated))["published"]
-        flagged = flag_sample(manipulated, share=args.flagged, seed=args.seed)
-        _, record_hashes = hash_ids(sc, subjects=[], records=flagged)
-        ledger = Ledger(sc.ledger_path)
-        ledger.submit(kind="corrective", record_hashes=record_hashes, reason=f"scenario {args.kind}")
-        ledger.close()
-        print(f"flagged {len(flagged)} of them ({args.flagged:.0%}); corrective route", file=sys.stderr, flush=True)
-        corrected = _flow_in(sc, args, "deletion")
-        after = scenario.measure(sc.root, spec, set(manipulated))
-    finally:
-        if not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
-    result = {"scenario": spec, "manipulated": len(manipulated), "flagged": len(flagged),
-              "before": before, "exact_only": after["exact_only"], "corrective": after["published"],
-              "train_seconds": trained["seconds"], "corrective_seconds": corrected["seconds"]}
-    _emit(result, args.json, _scenario_table(result))
+    result = _open(args).scenario(args.kind, fraction=args.fraction, flagged=args.flagged, seed=args.seed,
+                                  keep=args.keep, **_executor(args))
+    _emit(result, args.json, _scenario_table(result.to_dict()))
     return 0
 
 
@@ -424,7 +258,9 @@ def cmd_audit_dp(args) -> int:
                 "DP is off in this workspace: only the non-private audit ran\n")
              + f"without DP: epsilon lower bound {result['non_private_epsilon_lower']:.4f}\n"
              + f"done in {result['seconds']:.1f} s")
-    _emit(result, args.json, human)
+    from oblivio.results import Result
+
+    _emit(Result(details=result), args.json, human)
     dp_audit.require_sound(result)
     return 0
 
@@ -450,21 +286,16 @@ def _scratch_workspace(ws, root: Path, *, secret: str, dp_enabled: bool):
     return sc
 
 
-def _flow_in(ws, args, which: str) -> dict:
-    from flows.server import prefect_api
+def _workspace(args):
+    """The workspace's layout, for audit-dp (not yet behind the API)."""
+    return _open(args).layout
 
-    with prefect_api() as ready:
-        from oblivio import tracking
 
-        if which == "pipeline":
-            from flows.pipeline import training_pipeline as flow
-        else:
-            from flows.deletion import deletion_pipeline as flow
-        tracking.ensure_experiment(ws.mlflow)
-        ready()
-        kwargs = {"baseline": False} if which == "pipeline" else {}
-        return flow.with_options(task_runner=_runner(ws, args))(str(ws.root), ws.params.sisa.shards,
-                                                                 trigger="scenario", **kwargs)
+def _flow_in(sc, args, which: str) -> dict:
+    from oblivio import api
+
+    runner = api.Workspace(sc)._runner(args.executor, args.workers, args.dask_address)
+    return api._flow_in(sc, runner, "training" if which == "pipeline" else "deletion")
 
 
 def _scenario_table(result: dict) -> str:
@@ -498,12 +329,13 @@ def cmd_numerics(args) -> int:
 def cmd_verify_certificate(args) -> int:
     """Check a deletion certificate offline: no workspace, no secret, only the public key."""
     from oblivio import signing
+    from oblivio.results import Result
 
     cert = signing.read_certificate(Path(args.file))
     checks = signing.verify_certificate(cert, signing.read_public_key(Path(args.public_key)))
     ok = all(c["ok"] for c in checks)
     human = "\n".join(f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" for c in checks)
-    _emit({"ok": ok, "request_id": cert.get("request_id"), "checks": checks}, args.json,
+    _emit(Result(details={"ok": ok, "request_id": cert.get("request_id"), "checks": checks}), args.json,
           human + f"\n{'certificate verified' if ok else 'CERTIFICATE NOT VERIFIED'}")
     return 0 if ok else 3
 
@@ -522,28 +354,52 @@ def cmd_doctor(args) -> int:
 
 def cmd_stage(args) -> int:
     """One dvc.yaml stage, run without Prefect: what `dvc repro` calls."""
-    ws = _workspace(args)
-    from oblivio import pipeline
+    from oblivio.results import Result
 
-    def progress(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+    ws = _open(args).layout
+    from oblivio import pipeline
 
     if args.stage == "ingest":
         result = pipeline.ingest(ws.root)
     elif args.stage == "train":
-        shards = [pipeline.train_one_shard(ws.root, k, progress) for k in range(ws.params.sisa.shards)]
+        shards = [pipeline.train_one_shard(ws.root, k, _progress) for k in range(ws.params.sisa.shards)]
         pipeline.publish_models(ws.root, shards)
         result = {"shards": [{k: s[k] for k in ("index", "weights_sha256", "slices_trained")} for s in shards]}
     else:
         result = pipeline.evaluate(ws.root)
-    _emit(result, args.json, json.dumps(result, indent=1, default=str))
+    _emit(Result(details=result), args.json, json.dumps(result, indent=1, default=str))
     return 0
 
 
 def _add_executor_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--executor", choices=["sequential", "thread", "process", "dask"], help="shard task runner")
-    p.add_argument("--workers", type=int, help="parallel shard workers")
+    from oblivio.config import CHOICES
+
+    p.add_argument("--executor", choices=CHOICES["executor.kind"], help="shard task runner")
+    p.add_argument("--workers", type=_whole(1), help="parallel shard workers")
     p.add_argument("--dask-address", help="address of an existing Dask scheduler (tcp://host:8786)")
+
+
+def _whole(minimum: int):
+    """An argparse type: a whole number >= minimum, or one message saying so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share in (0, 1], got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -601,7 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("serve", cmd_serve, "serve the scheduled pipeline and the deletion processor on a Prefect server")
     p.add_argument("--host", default="127.0.0.1", help="bind address of the Prefect server (default loopback)")
-    p.add_argument("--port", type=int, default=4200)
+    p.add_argument("--port", type=_whole(1), default=4200, help="port of the Prefect server (default 4200)")
+    p.add_argument("--intake-port", type=_whole(0), default=0,
+                   help="port of the HTTP deletion intake (default: a free one; see .oblivio/serve.json)")
     p.add_argument("--allow-remote", action="store_true", help="permit a non-loopback --host")
 
     p = command("deploy", cmd_deploy, "deploy the scheduled pipeline on a process work pool (run by `prefect worker`)")
@@ -609,25 +467,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("requests", cmd_requests, "list the deletion ledger")
     p.add_argument("--status", choices=["pending", "applied", "promoted", "rejected", "failed"])
+    p.add_argument("--overdue", action="store_true", help="only requests past their due date and not yet settled")
+    p.add_argument("--example-ids", action="store_true",
+                   help="print a few subject and record ids that exist in the current data (for a tour)")
 
     p = command("verify", cmd_verify, "check the promoted model against the ledger and the data")
     p.add_argument("--alias", default="champion", help="model alias to verify (default champion)")
-    p.add_argument("--replay", type=int, default=0, metavar="K",
+    p.add_argument("--replay", type=_whole(0), default=0, metavar="K",
                    help="also retrain K random slices from their parent checkpoints and compare bits")
 
     p = command("review", cmd_review, "a model version's audit beside the champion's (default: the candidate)")
-    p.add_argument("version", nargs="?", type=int, help="model version number")
+    p.add_argument("version", nargs="?", type=_whole(1), help="model version number")
     p.add_argument("--alias", help="review the version with this alias (candidate, champion)")
 
     p = command("approve", cmd_approve, "make a version champion by hand (when gates.require_approval is on)")
-    p.add_argument("version", type=int)
+    p.add_argument("version", type=_whole(1))
     p.add_argument("--by", required=True, help="who approves (recorded on the version)")
 
     p = command("scenario", cmd_scenario, "measure the corrective route on injected manipulated data "
                 "(in a scratch copy of this workspace's data)")
     p.add_argument("kind", choices=["backdoor", "label-flip"])
-    p.add_argument("--fraction", type=float, default=0.05, help="share of records manipulated (default 0.05)")
-    p.add_argument("--flagged", type=float, default=0.2, help="share of the manipulated records found (default 0.2)")
+    p.add_argument("--fraction", type=_share, default=0.05, help="share of records manipulated (default 0.05)")
+    p.add_argument("--flagged", type=_share, default=0.2, help="share of the manipulated records found (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", metavar="DIR", help="keep the scratch workspace in DIR instead of deleting it")
     _add_executor_options(p)

@@ -131,6 +131,11 @@ class ScheduleParams:
 
 
 @dataclass(frozen=True)
+class RequestsParams:
+    deadline_days: int = 30  # a request is due this many days after it is recorded (GDPR art. 12(3): one month)
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 0
     data: DataParams = DataParams()
@@ -142,6 +147,7 @@ class Params:
     executor: ExecutorParams = ExecutorParams()
     report: ReportParams = ReportParams()
     schedule: ScheduleParams = ScheduleParams()
+    requests: RequestsParams = RequestsParams()
 
 
 CHOICES = {
@@ -154,7 +160,7 @@ CHOICES = {
     "dp.unit": ("subject", "record"),
     "executor.kind": ("sequential", "thread", "process", "dask"),
 }
-POSITIVE = {"sisa.slices", "train.epochs_per_slice", "train.batch_size", "executor.max_workers"}
+POSITIVE = {"sisa.slices", "train.epochs_per_slice", "train.batch_size", "executor.max_workers", "requests.deadline_days"}
 FRACTIONS = {"data.holdout_fraction", "data.max_null_fraction", "unlearning.ssd_tolerance"}
 
 

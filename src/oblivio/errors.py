@@ -42,6 +42,18 @@ class NumericsError(OblivioError):
     exit_code = 4
 
 
+class RequestRejected(RequestError):
+    """A recorded request was refused (e.g. its ids match nothing); it stays in the ledger as rejected."""
+
+    def __init__(self, message: str, request_id: str):
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class IdempotencyConflict(RequestError):
+    """An Idempotency-Key was reused with a different request body (HTTP 409)."""
+
+
 class IntegrityError(OblivioError):
     """Recorded state contradicts itself (checkpoint, ledger or certificate mismatch)."""
 

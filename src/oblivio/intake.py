@@ -1,5 +1,6 @@
-"""The `oblivio forget` side of a request: read the ids, hash them, refuse ids that match
-nothing, and read the outcome back once another process (`serve`) has settled it.
+"""Recording a deletion request, the one room every face uses (CLI, Python API, HTTP):
+read the ids, hash them, record durably, refuse ids that match nothing, and read the
+outcome back once another process (`serve`) has settled it.
 
 No pandas here: `forget` is a short command, often run by many writers at once, and its
 imports are most of its cost. `erasure.plan` applies the same unknown-id rule later.
@@ -10,7 +11,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from oblivio.data.columns import RECORD_KEY, SUBJECT_KEY
-from oblivio.errors import RequestError
+from oblivio.errors import RequestError, RequestRejected
 from oblivio.keys import record_key, subject_key
 from oblivio.ledger import Ledger, Request
 from oblivio.workspace import Workspace
@@ -19,6 +20,38 @@ from oblivio.workspace import Workspace
 def hash_ids(ws: Workspace, *, subjects: list[str], records: list[str]) -> tuple[list[str], list[str]]:
     """Raw ids -> keyed hashes; the raw ids go no further than this function."""
     return [subject_key(ws.secret, s) for s in subjects], [record_key(ws.secret, r) for r in records]
+
+
+def record(ws: Workspace, *, subjects: Collection[str] = (), records: Collection[str] = (), kind: str = "erasure",
+           reason: str = "", idempotency: tuple[str, str] | None = None) -> tuple[Request, bool]:
+    """Hash, record (committed before return), precheck; returns (request, created).
+
+    A new request whose ids match no record is recorded as rejected and raises
+    RequestRejected (nothing else changed); a repeat of a rejected one raises it again.
+    """
+    for role, ids in (("subject", subjects), ("record", records)):
+        if isinstance(ids, (str, bytes)):
+            raise RequestError(f"{role}s must be a list of ids, not a single string; wrap the id in a list.")
+        for position, value in enumerate(ids, start=1):
+            if not isinstance(value, str) or not value.strip() or value != value.strip():
+                raise RequestError(f"{role} id #{position} must be a non-empty string without surrounding spaces.")
+    if not subjects and not records:
+        raise RequestError("The request names no subject and no record; give at least one id.")
+    subject_hashes, record_hashes = hash_ids(ws, subjects=list(subjects), records=list(records))
+    ledger = Ledger(ws.ledger_path)
+    try:
+        request, created = ledger.submit(kind=kind, subject_hashes=subject_hashes, record_hashes=record_hashes,
+                                         reason=reason, idempotency=idempotency)
+        problem = precheck(ws, request) if created else None
+        if problem:
+            ledger.mark_rejected(request.id, reason=problem)
+            request = ledger.get(request.id)
+    finally:
+        ledger.close()
+    if request.status == "rejected":
+        raise RequestRejected(f"Request {request.id} rejected, nothing changed: {problem or request.error}",
+                              request.id)
+    return request, created
 
 
 def read_ids_file(path: Path) -> list[str]:

@@ -37,6 +37,29 @@ def load_or_create_secret(path: Path) -> bytes:
     return load_or_create_secret(path)
 
 
+def load_or_create_token(path: Path) -> str:
+    """A bearer token for the HTTP intake, created owner-only (0600) on first use.
+
+    Apart from the secret: a token may be handed to a portal and rotated (delete the file,
+    restart `serve`) without re-sharding anything.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return load_or_create_token(path)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+    token = path.read_text().strip()
+    if len(token) < 32:
+        from oblivio.errors import WorkspaceError
+
+        raise WorkspaceError(f"The intake token at {path} is shorter than 32 characters; delete the file and "
+                             "restart `oblivio serve` to create a new one (then hand it to the clients again).")
+    return token
+
+
 def keyed_hash(secret: bytes, domain: str, value: object) -> str:
     """HMAC-SHA256 of `value` (as text) in a named domain, hex-encoded.
 

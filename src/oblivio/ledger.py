@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from oblivio.errors import IntegrityError, RequestError
+from oblivio.errors import IdempotencyConflict, IntegrityError, RequestError
 
 REQUEST_KINDS = ("erasure", "corrective")
 STATUSES = ("pending", "applied", "promoted", "rejected", "failed")
@@ -75,6 +75,13 @@ _SCHEMA = (
         request_id TEXT NOT NULL REFERENCES requests (id),
         created_at TEXT NOT NULL,
         PRIMARY KEY (role, hash)
+    )""",
+    # A client's Idempotency-Key (hashed: a key may carry a ticket number) -> the request it
+    # created and a digest of the body it came with: a retry finds its request, another body 409.
+    """CREATE TABLE IF NOT EXISTS idempotency_keys (
+        key_hash TEXT PRIMARY KEY,
+        body_digest TEXT NOT NULL,
+        request_id TEXT NOT NULL REFERENCES requests (id)
     )""",
     """CREATE TABLE IF NOT EXISTS certificates (
         request_id TEXT PRIMARY KEY REFERENCES requests (id),
@@ -275,12 +282,17 @@ class Ledger:
         subject_hashes: Iterable[str] = (),
         record_hashes: Iterable[str] = (),
         reason: str = "",
+        idempotency: tuple[str, str] | None = None,
     ) -> tuple[Request, bool]:
         """Record a request durably (committed before return); returns (request, created).
 
         Idempotent on content: while an identical request is pending, applied, promoted
         or failed, it is returned with created=False, so a retried submission is never
         applied twice. Only after a rejection may the same request be filed anew.
+
+        `idempotency` is (key hash, body digest) from a client's Idempotency-Key: the same
+        key with the same body returns the request it first made (even a rejected one);
+        with another body it raises IdempotencyConflict. Checked in the same transaction.
         """
         if kind not in REQUEST_KINDS:
             raise RequestError(
@@ -297,11 +309,21 @@ class Ledger:
             raise RequestError("The request reason must be text.")
         fingerprint = _fingerprint(kind, subjects, records)
         with self._write() as db:
+            if idempotency is not None:
+                known = db.execute("SELECT body_digest, request_id FROM idempotency_keys WHERE key_hash = ?",
+                                   (idempotency[0],)).fetchone()
+                if known is not None:
+                    if known["body_digest"] != idempotency[1]:
+                        raise IdempotencyConflict(
+                            "This Idempotency-Key was already used with a different request body; "
+                            "use a new key for a new request, or resend the original body.")
+                    return self._get(db, known["request_id"]), False
             row = db.execute(
                 "SELECT id FROM requests WHERE fingerprint = ? AND status != 'rejected'",
                 (fingerprint,),
             ).fetchone()
             if row is not None:
+                self._remember_key(db, idempotency, row["id"])
                 return self._get(db, row["id"]), False
             request_id = "req-" + uuid.uuid4().hex[:16]
             now = _now()
@@ -315,7 +337,14 @@ class Ledger:
                 [(request_id, "subject", h) for h in subjects]
                 + [(request_id, "record", h) for h in records],
             )
+            self._remember_key(db, idempotency, request_id)
             return self._get(db, request_id), True
+
+    @staticmethod
+    def _remember_key(db: sqlite3.Connection, idempotency: tuple[str, str] | None, request_id: str) -> None:
+        if idempotency is not None:
+            db.execute("INSERT INTO idempotency_keys (key_hash, body_digest, request_id) VALUES (?, ?, ?)",
+                       (*idempotency, request_id))
 
     def _get(self, db: sqlite3.Connection, request_id: str) -> Request:
         row = db.execute(_SELECT + " WHERE r.id = ?", (request_id,)).fetchone()

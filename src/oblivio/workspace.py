@@ -20,7 +20,7 @@ from pathlib import Path
 
 from oblivio.config import MlflowConfig, Params, load_mlflow_config, load_params
 from oblivio.errors import WorkspaceError
-from oblivio.keys import load_or_create_secret
+from oblivio.keys import load_or_create_secret, load_or_create_token
 
 MARKERS = ("params.yaml", "mlflow.yaml", "dvc.yaml")
 TEMPLATE_FILES = {"params.yaml": "params.yaml", "mlflow.yaml": "mlflow.yaml", "dvc.yaml.template": "dvc.yaml", "gitignore": ".gitignore"}
@@ -49,6 +49,11 @@ class Workspace:
     def public_key_path(self) -> Path:
         """The signing key's public half, for `oblivio verify-certificate --public-key`."""
         return self.root / "signing-key.pub"
+
+    @property
+    def intake_token_path(self) -> Path:
+        """The HTTP intake's bearer token (owner-only); `oblivio serve` creates it if missing."""
+        return self.state_dir / "intake-token"
 
     @property
     def ledger_path(self) -> Path:
@@ -145,6 +150,10 @@ class Workspace:
 
         return load_or_create_signing_key(self.signing_key_path, self.public_key_path)
 
+    @property
+    def intake_token(self) -> str:
+        return load_or_create_token(self.intake_token_path)
+
     # --- discovery -------------------------------------------------------
     @classmethod
     def find(cls, start: Path | None = None) -> "Workspace":
@@ -234,7 +243,7 @@ def init_workspace(target: Path, *, source: str | None = None, params: str | Non
             (target / written).unlink(missing_ok=True)
         raise
     ws = Workspace(target)
-    _ = ws.secret, ws.signing_key
+    _ = ws.secret, ws.signing_key, ws.intake_token
     return ws
 
 

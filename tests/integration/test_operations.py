@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow.parquet as pq
 import pytest
 
-from flows.server import free_port
+from oblivio.flows.prefect_api import free_port
 from helpers import OBLIVIO, cli, cli_json, csv_workspace, synthetic_table
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ import time
 
 from prefect import flow
 
-from tasks import pipeline as t
+from oblivio.tasks import stages as t
 
 
 @flow(name="oblivio-pipeline")

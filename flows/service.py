@@ -1,0 +1,152 @@
+"""`oblivio serve`: a Prefect server on loopback (unless one is configured) serving the deployments,
+the HTTP deletion intake beside it, and a watch that raises an event for each overdue request."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from oblivio.flows.prefect_api import healthy, stop, wait_healthy
+from oblivio.errors import OblivioError
+
+
+@contextmanager
+def prefect_server(*, host: str, port: int, log_path: Path, timeout: float = 120) -> Iterator[str]:
+    """`PREFECT_API_URL` when set; else a `prefect server start` on host:port until the block ends."""
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        yield configured
+        return
+    api_url = f"http://{host}:{port}/api"
+    if healthy(api_url):
+        raise OblivioError(f"Something already answers on {host}:{port}. Set PREFECT_API_URL to use it, "
+                           "or choose another --port.")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host,
+                                   "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    try:
+        if not wait_healthy(server, api_url, timeout=timeout):
+            raise OblivioError(f"The Prefect server did not start on {host}:{port}; see {log_path}.")
+        yield api_url
+    finally:
+        stop(server, timeout=20)
+
+
+def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host: str, port: int,
+                    state_file: Path, log_path: Path, intake=None, ready=None) -> None:
+    """Serve until interrupted; deployments stay usable (not paused) afterwards.
+
+    Prefect's runner serves the scheduled pipeline; the deletion deployment's runs are
+    executed by this process itself, warm (flows/warm.py). `intake` (an IntakeServer) is
+    started once the deployments exist, so a request it records is announced to them.
+    """
+    with prefect_server(host=host, port=port, log_path=log_path) as api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+        from prefect import serve
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from oblivio.flows.deletion import deletion_pipeline
+        from oblivio.flows.deployments import workspace_deployments
+        from oblivio.flows.runners import make_task_runner
+        from oblivio.flows.warm import WarmDeletions, warm_up
+        from oblivio.workspace import Workspace
+
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            scheduled, deletion = workspace_deployments(str(root), n_shards=n_shards, cron=cron, timezone=timezone)
+            ws = Workspace(root)
+            # threads, as `oblivio process` uses: a batch retrains a shard or two
+            flow = deletion_pipeline.with_options(
+                task_runner=make_task_runner("thread", max_workers=ws.params.executor.max_workers))
+            deletions = WarmDeletions(root, deletion.apply(), flow)
+            warm_up(ws)
+            deletions.start()
+            watch = OverdueWatch(ws, api_url)
+            watch.start()
+            state = {"api_url": api_url, "pid": os.getpid()}
+            if intake is not None:
+                from oblivio.http_intake import announcer
+
+                intake.start(announcer(api_url, str(root)))
+                state["intake_url"] = intake.url
+            state_file.write_text(json.dumps(state))
+            try:
+                if ready:
+                    ready(api_url, [f"{d.flow_name}/{d.name}" for d in (scheduled, deletion)],
+                          state.get("intake_url", ""))
+                serve(scheduled, pause_on_shutdown=False, print_starting_message=False)
+            finally:
+                state_file.unlink(missing_ok=True)
+                if intake is not None:
+                    intake.stop()
+                watch.stop()
+                deletions.stop()
+
+
+class OverdueWatch:
+    """Every `interval` seconds: an `oblivio.request.overdue` event for each request newly past its due date.
+
+    Announced ids are kept in `.oblivio/overdue-announced.json`, so a restart does not repeat them.
+    """
+
+    def __init__(self, ws, api_url: str, *, interval: float = 60.0):
+        import threading
+
+        self.ws, self.api_url, self.interval = ws, api_url, interval
+        self.path = ws.state_dir / "overdue-announced.json"
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="oblivio-overdue-watch", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+
+    def check(self) -> list[str]:
+        """One pass; returns the ids announced now."""
+        from oblivio import deadlines
+        from oblivio.flows.events import announce_overdue
+        from oblivio.ledger import Ledger
+
+        seen = set(json.loads(self.path.read_text())) if self.path.exists() else set()
+        days, at = self.ws.params.requests.deadline_days, deadlines.now()
+        ledger = Ledger(self.ws.ledger_path)
+        try:
+            late = [r for r in ledger.list() if r.id not in seen and deadlines.is_overdue(r.status, r.created_at,
+                                                                                        days, at)]
+        finally:
+            ledger.close()
+        for r in late:
+            announce_overdue(self.api_url, str(self.ws.root), r.id,
+                             due=deadlines.due_at(r.created_at, days).isoformat(), status=r.status)
+            seen.add(r.id)
+        if late:
+            self.path.write_text(json.dumps(sorted(seen)))
+        return [r.id for r in late]
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.check()
+            except Exception as err:  # the server restarting must not end the watch
+                print(f"oblivio serve: overdue watch: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            self.stopping.wait(self.interval)
+
+
+def serving_api(state_file: Path) -> str | None:
+    """The API of a running `oblivio serve` for this workspace, if there is one."""
+    if not state_file.exists():
+        return None
+    state = json.loads(state_file.read_text())
+    try:
+        os.kill(state["pid"], 0)
+    except OSError:
+        return None
+    return state["api_url"] if healthy(state["api_url"]) else None
