@@ -6,7 +6,8 @@ retrain, at two data sizes; DVC bytes; batch vs one by one), privacy (MIA and DP
 a run on a 1M-row table beside the default data; the partitions one erasure rewrites),
 numerics (pinned portable kernels vs the machine's native ones, shard training time),
 growth (a run after 2 % more people vs a full retrain; what a one-person erasure retrains), tables
-(string categoricals and missing values: the ensemble beside scikit-learn, the encoding's cost).
+(string categoricals and missing values: the ensemble beside scikit-learn, the encoding's cost),
+intake (the HTTP intake under 8 concurrent clients; API vs CLI overhead for `forget`).
 Prints a markdown report and writes it, with the raw numbers, to bench/results/latest.{md,json}.
 The machine is shared and noisy: ratios measured in one run mean more than seconds.
 """
@@ -26,11 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import oblivio  # noqa: E402,F401  pins the numerics before numpy and torch load
-from bench import erasure, growth, load, numerics, pipeline, privacy, scale, tables  # noqa: E402
+from bench import erasure, growth, intake, load, numerics, pipeline, privacy, scale, tables  # noqa: E402
 from bench.common import Section, Settings, log  # noqa: E402
 
 SECTIONS = {"pipeline": pipeline.run, "erasure": erasure.run, "privacy": privacy.run, "load": load.run,
-            "scale": scale.run, "numerics": numerics.run, "growth": growth.run, "tables": tables.run}
+            "scale": scale.run, "numerics": numerics.run, "growth": growth.run, "tables": tables.run,
+            "intake": intake.run}
 RESULTS = Path(__file__).resolve().parent / "results"
 ONE_BY_ONE = 10
 QUICK_ONE_BY_ONE = 2  # each erasure is a full command (~40 s of fixed cost): 10 would not be quick

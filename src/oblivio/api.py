@@ -27,7 +27,7 @@ from oblivio import deadlines
 from oblivio.config import CHOICES
 from oblivio.errors import OblivioError, RequestError
 from oblivio.results import (
-    ApproveResult, InitResult, ProcessResult, RequestResult, RequestsResult, ReviewResult, RunResult, ScenarioResult,
+    ApproveResult, Result, InitResult, ProcessResult, RequestResult, RequestsResult, ReviewResult, RunResult, ScenarioResult,
     VerifyResult,
 )
 from oblivio.workspace import Workspace as Layout
@@ -273,6 +273,22 @@ class Workspace:
             "scenario": spec, "manipulated": len(manipulated), "flagged": len(chosen), "before": before,
             "exact_only": after["exact_only"], "corrective": after["published"],
             "train_seconds": trained["seconds"], "corrective_seconds": corrected["seconds"]})
+
+    def stage(self, name: str, *, progress: Progress | None = None) -> Result:
+        """One dvc.yaml stage without Prefect (what `dvc repro` runs): ingest, train or evaluate."""
+        if name not in ("ingest", "train", "evaluate"):
+            raise OblivioError(f"stage must be ingest, train or evaluate, got {name!r}.")
+        from oblivio import pipeline
+
+        ws = self.layout
+        if name == "ingest":
+            return Result(details=pipeline.ingest(ws.root))
+        if name == "evaluate":
+            return Result(details=pipeline.evaluate(ws.root))
+        shards = [pipeline.train_one_shard(ws.root, k, progress or self.progress) for k in range(ws.params.sisa.shards)]
+        pipeline.publish_models(ws.root, shards)
+        return Result(details={"shards": [{k: s[k] for k in ("index", "weights_sha256", "slices_trained")}
+                                          for s in shards]})
 
     # --- serving -----------------------------------------------------------
     def serve(self, *, host: str = "127.0.0.1", port: int = 4200, intake_port: int = 0, allow_remote: bool = False,

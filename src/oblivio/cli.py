@@ -312,6 +312,7 @@ def _scenario_table(result: dict) -> str:
 def cmd_numerics(args) -> int:
     """This machine's numerics, whether it can honour the pinned mode, and the variables for workers."""
     from oblivio import numerics
+    from oblivio.results import Result
 
     mode = args.mode or numerics.requested_mode()
     here = numerics.current(mode)
@@ -321,7 +322,7 @@ def cmd_numerics(args) -> int:
     if args.env:
         print("\n".join(f"export {k}={v!r}" for k, v in result["environment"].items()))
     else:
-        _emit(result, args.json, f"{here.describe()}: " + ("can train and replay here" if not problems
+        _emit(Result(details=result), args.json, f"{here.describe()}: " + ("can train and replay here" if not problems
                                                              else "cannot honour it here: " + "; ".join(problems)))
     return 0 if not problems else 4
 
@@ -354,20 +355,8 @@ def cmd_doctor(args) -> int:
 
 def cmd_stage(args) -> int:
     """One dvc.yaml stage, run without Prefect: what `dvc repro` calls."""
-    from oblivio.results import Result
-
-    ws = _open(args).layout
-    from oblivio import pipeline
-
-    if args.stage == "ingest":
-        result = pipeline.ingest(ws.root)
-    elif args.stage == "train":
-        shards = [pipeline.train_one_shard(ws.root, k, _progress) for k in range(ws.params.sisa.shards)]
-        pipeline.publish_models(ws.root, shards)
-        result = {"shards": [{k: s[k] for k in ("index", "weights_sha256", "slices_trained")} for s in shards]}
-    else:
-        result = pipeline.evaluate(ws.root)
-    _emit(Result(details=result), args.json, json.dumps(result, indent=1, default=str))
+    result = _open(args).stage(args.stage)
+    _emit(result, args.json, json.dumps(result.to_dict(), indent=1, default=str))
     return 0
 
 

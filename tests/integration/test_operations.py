@@ -36,15 +36,17 @@ def test_dask_cluster_trains_the_same_bits_as_threads(trained):
 
 def test_serve_runs_deletions_on_events_and_leaves_deployments_active(trained):
     ws, _ = trained
+    (ws / ".oblivio" / "intake-token").unlink()  # a workspace made before the intake: serve creates its token
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    log = ws.parent / "serve.log"  # a file, not a pipe: a grandchild may hold a pipe open past serve's exit
     server = subprocess.Popen([OBLIVIO, "serve", "--port", str(port)], cwd=ws, env=env, start_new_session=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
     api = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + 180
         while not (ws / ".oblivio" / "serve.json").exists():
-            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()[-3000:]
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(1)
         time.sleep(3)  # deployments and automation registered right after the state file
         subject = str(pq.read_table(ws / "data" / "shards" / "shard=1" / "part.parquet").to_pandas()["person"].iloc[0])
@@ -65,10 +67,28 @@ def test_serve_runs_deletions_on_events_and_leaves_deployments_active(trained):
         assert waited["shards_retrained"] == [0] and waited["records_removed"] >= 1
         (certificate,) = waited["certificate"].values()
         assert json.loads(open(certificate).read())["model_version"] == waited["model_version"]
+        # the HTTP intake: recorded, then the deletion deployment triggered exactly as `forget` does
+        intake_url = json.loads((ws / ".oblivio" / "serve.json").read_text())["intake_url"]
+        assert intake_url.startswith("http://127.0.0.1:")
+        token = (ws / ".oblivio" / "intake-token").read_text().strip()
+        assert (ws / ".oblivio" / "intake-token").stat().st_mode & 0o777 == 0o600
+        third = str(pq.read_table(ws / "data" / "shards" / "shard=2" / "part.parquet").to_pandas()["person"].iloc[0])
+        refused = _post(f"{intake_url}/v1/requests", {"subjects": [third]}, token="not-the-token")
+        assert refused[0] == 401
+        code, body = _post(f"{intake_url}/v1/requests", {"subjects": [third], "reason": "portal #9"}, token=token,
+                           key="portal-9")
+        assert code == 202 and body["announced"] is True and third not in json.dumps(body)
+        while (status := _get(f"{intake_url}/v1/requests/{body['request_id']}", token)["status"]) != "promoted":
+            assert status in ("pending", "applied") and time.monotonic() < deadline + 420, status
+            time.sleep(1)
+        assert _post(f"{intake_url}/v1/requests", {"subjects": [third], "reason": "portal #9"}, token=token,
+                     key="portal-9") == (200, {**body, "created": False, "announced": False, "status": "promoted"})
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+    output = log.read_text()
     assert not (ws / ".oblivio" / "serve.json").exists(), "serve cleans up its state on SIGTERM"
+    assert token not in output and third not in output and subject not in output, "no token or raw id in its log"
 
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -90,6 +110,28 @@ def test_serve_runs_deletions_on_events_and_leaves_deployments_active(trained):
     finally:
         os.killpg(restarted.pid, signal.SIGTERM)
         restarted.wait(timeout=60)
+
+
+def _post(url: str, body: dict, *, token: str, key: str | None = None) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+               **({"Idempotency-Key": key} if key else {})}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _get(url: str, token: str) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
 
 
 def test_serve_refuses_a_public_bind_without_consent(trained):
