@@ -82,6 +82,10 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
                 serve(scheduled, pause_on_shutdown=False, print_starting_message=False)
             finally:
                 state_file.unlink(missing_ok=True)
+                # every loop told first: one still polling a Prefect server that has just stopped
+                # would sit in the client's connection retries (about a minute) before seeing its flag
+                deletions.stopping.set()
+                watch.stopping.set()
                 if intake is not None:
                     intake.stop()
                 watch.stop()

@@ -294,9 +294,10 @@ class Workspace:
     def serve(self, *, host: str = "127.0.0.1", port: int = 4200, intake_port: int = 0, allow_remote: bool = False,
               ready: Callable[[str, list[str], str], None] | None = None) -> None:
         """The scheduled pipeline, the deletion processor and the HTTP intake, until interrupted."""
-        for name, value in (("port", port), ("intake port", intake_port)):
-            if not (0 if name == "intake port" else 1) <= value <= 65535:
-                raise OblivioError(f"{name} must be in 1..65535, got {value}.")
+        if not 1 <= port <= 65535:
+            raise OblivioError(f"port must be in 1..65535, got {port}.")
+        if not 0 <= intake_port <= 65535:
+            raise OblivioError(f"intake port must be in 1..65535 (0: a free one), got {intake_port}.")
         if host not in ("127.0.0.1", "localhost", "::1") and not allow_remote:
             raise OblivioError(f"--host {host} would expose the Prefect API and the intake beyond this machine; "
                                "add --allow-remote if that is intended (and put authentication in front of it).")

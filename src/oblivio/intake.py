@@ -42,7 +42,7 @@ def record(ws: Workspace, *, subjects: Collection[str] = (), records: Collection
     try:
         request, created = ledger.submit(kind=kind, subject_hashes=subject_hashes, record_hashes=record_hashes,
                                          reason=reason, idempotency=idempotency)
-        problem = precheck(ws, request) if created else None
+        problem = precheck(ws, request, ledger) if created else None
         if problem:
             ledger.mark_rejected(request.id, reason=problem)
             request = ledger.get(request.id)
@@ -92,26 +92,43 @@ def unknown_ids(placed_subjects: Collection[str], placed_records: Collection[str
     return "; ".join(parts) + " in the current data (check the ids)" if parts else None
 
 
-def precheck(ws: Workspace, req: Request) -> str | None:
+def precheck(ws: Workspace, req: Request, ledger: Ledger | None = None) -> str | None:
     """At submission: why the request can already be refused (unknown ids), or None."""
     if not ws.shards_dir.exists():
         return None  # nothing placed yet; `plan` decides when the data exists
-    import pyarrow.parquet as pq
-
-    ledger = Ledger(ws.ledger_path)
+    own = ledger is None
+    ledger = Ledger(ws.ledger_path) if own else ledger
     try:
         erased = (ledger.tombstones(), ledger.record_tombstones())
     finally:
-        ledger.close()
+        if own:
+            ledger.close()
+    subjects, records = placed_keys(ws, with_records=bool(req.record_hashes))
+    return unknown_ids(subjects, records, req, erased)
+
+
+_PLACED: dict[Path, tuple[tuple, frozenset[str], frozenset[str] | None]] = {}
+
+
+def placed_keys(ws: Workspace, *, with_records: bool) -> tuple[frozenset[str], frozenset[str]]:
+    """Subject (and record) keys of the placed data; a long-lived process (`serve`'s intake)
+    rereads the partitions only when one of the files changed (size or mtime)."""
+    import pyarrow.parquet as pq
+
     files = sorted(ws.shards_dir.glob("shard=*/part.parquet")) + ([ws.holdout_path] if ws.holdout_path.exists() else [])
+    signature = tuple((str(p), st.st_mtime_ns, st.st_size) for p in files for st in [p.stat()])
+    cached = _PLACED.get(ws.root)
+    if cached and cached[0] == signature and (cached[2] is not None or not with_records):
+        return cached[1], cached[2] or frozenset()
     subjects, records = set(), set()
     for path in files:
         with pq.ParquetFile(path) as file:  # not `read_table`: its dataset layer imports pandas (0.3 s)
-            table = file.read(columns=[SUBJECT_KEY, RECORD_KEY] if req.record_hashes else [SUBJECT_KEY])
+            table = file.read(columns=[SUBJECT_KEY, RECORD_KEY] if with_records else [SUBJECT_KEY])
         subjects.update(table.column(SUBJECT_KEY).to_pylist())
-        if req.record_hashes:
+        if with_records:
             records.update(table.column(RECORD_KEY).to_pylist())
-    return unknown_ids(subjects, records, req, erased)
+    _PLACED[ws.root] = (signature, frozenset(subjects), frozenset(records) if with_records else None)
+    return frozenset(subjects), frozenset(records)
 
 
 def settled(ws: Workspace, request_id: str) -> dict | None:

@@ -90,6 +90,8 @@ _SCHEMA = (
     )""",
 )
 
+_SCHEMA_OBJECTS = {re.search(r"EXISTS (\w+)", statement).group(1) for statement in _SCHEMA}
+
 # One statement, so a request and its hashes are read from the same snapshot even
 # while other processes commit.
 _SELECT = """
@@ -246,10 +248,13 @@ class Ledger:
                 _enable_wal(conn)
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
-                conn.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute("COMMIT")
+                # a read first: the schema's write lock on every open serialises concurrent writers
+                known = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+                if not _SCHEMA_OBJECTS <= known:
+                    conn.execute("BEGIN IMMEDIATE")
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                    conn.execute("COMMIT")
             except BaseException:
                 conn.close()
                 raise
