@@ -5,15 +5,17 @@
     GET  /v1/requests?status=&overdue=
     GET  /healthz
 
-A face like the CLI: each request goes through the same use case (`api.Workspace.submit`,
-i.e. `intake.record`): hashed, committed to the ledger before the 202, then announced to
-the deletion deployment with the same event `forget` sends. A bearer token from
+A face like the CLI: each request goes through the same use case as `forget`
+(`intake.record_many`, through `api.Workspace.submit_many`: requests arriving together share
+one commit): hashed, committed to the ledger before the 202, then announced to the deletion
+deployment with the same event `forget` sends. A bearer token from
 `.oblivio/intake-token` guards every /v1 route (compared in constant time; no token or a
 wrong one is a 401 and records nothing). Raw ids never appear in a response or a log line:
 validation messages name positions, not values.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -31,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, m
 
 from oblivio import deadlines
 from oblivio.errors import IdempotencyConflict, OblivioError, RequestError, RequestRejected
+from oblivio.intake import Ask
 from oblivio.keys import keyed_hash
 
 if TYPE_CHECKING:
@@ -103,6 +106,7 @@ def create_app(ws: Workspace, *, token: str, announce: Callable[[str], bool] | N
     """The intake app for one workspace; `announce(request_id)` triggers the deletion deployment."""
     bearer = HTTPBearer(auto_error=False)
     expected = token.encode()
+    commits = GroupCommit(ws)
 
     def authenticated(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         given = (credentials.credentials if credentials else "").encode()
@@ -116,7 +120,9 @@ def create_app(ws: Workspace, *, token: str, announce: Callable[[str], bool] | N
                  openapi_extra={"requestBody": {"content": {"application/json": {
                      "schema": SubmitBody.model_json_schema()}}, "required": True}},
                  responses={200: {"model": Accepted}, 409: {}, 413: {}, 422: {}})
-    def submit(request_body: bytes = Depends(_body), idempotency_key: str | None = Header(None)) -> JSONResponse:
+    async def submit(request_body: bytes = Depends(_body), idempotency_key: str | None = Header(None)
+                     ) -> JSONResponse:
+        # async: the handler only validates and waits for the committer thread (no worker-thread hop)
         try:
             body = SubmitBody.model_validate_json(request_body)
         except ValidationError as err:
@@ -128,15 +134,16 @@ def create_app(ws: Workspace, *, token: str, announce: Callable[[str], bool] | N
             digest = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
             idempotency = (keyed_hash(ws.layout.secret, "idempotency", idempotency_key), digest)
         try:
-            result = ws.submit(subjects=body.subjects, records=body.records, kind=body.kind, reason=body.reason,
-                               idempotency=idempotency, announce=False)
+            result = await commits.submit_async(Ask(subjects=body.subjects, records=body.records, kind=body.kind,
+                                                    reason=body.reason, idempotency=idempotency))
         except IdempotencyConflict as err:
             raise HTTPException(409, str(err)) from None
         except RequestRejected as err:
             return JSONResponse({"request_id": err.request_id, "status": "rejected", "detail": str(err)}, 422)
         except RequestError as err:
             raise HTTPException(422, str(err)) from None
-        announced = bool(result.created and announce and announce(result.request_id))
+        announced = bool(result.created and announce
+                         and await asyncio.get_running_loop().run_in_executor(None, announce, result.request_id))
         accepted = Accepted(request_id=result.request_id, status=result.status, created=result.created,
                             due=result.due, announced=announced)
         return JSONResponse(accepted.model_dump(), 202 if result.created else 200)
@@ -156,6 +163,7 @@ def create_app(ws: Workspace, *, token: str, announce: Callable[[str], bool] | N
     app = FastAPI(title="Oblivio deletion intake", version="1", docs_url=None, redoc_url=None)
     app.include_router(router)
     app.state.max_body = max_body
+    app.state.commits = commits
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -181,6 +189,59 @@ async def _body(request: Request) -> bytes:
             raise HTTPException(413, f"request body over {limit} bytes; split the ids over several requests")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class GroupCommit:
+    """Submissions that arrive together are recorded in one ledger transaction.
+
+    The commit's fsync is most of a submission's cost and SQLite has one writer at a time, so
+    concurrent clients would queue for it one by one. Here each handler thread hands its request
+    to one committer thread and waits; the committer takes everything waiting (up to `max_batch`),
+    records it in one transaction and answers each. Every answer still comes after its commit.
+    """
+
+    def __init__(self, ws: Workspace, *, max_batch: int = 256):
+        import queue
+
+        self.ws, self.max_batch = ws, max_batch
+        self.queue: queue.Queue = queue.Queue()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def enqueue(self, ask: Ask):
+        """A future of the RequestResult, or of the RequestError `Workspace.submit` would raise."""
+        from concurrent.futures import Future
+
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, name="oblivio-intake-commits", daemon=True)
+                self.thread.start()
+        future: Future = Future()
+        self.queue.put((ask, future))
+        return future
+
+    async def submit_async(self, ask: Ask, timeout: float = 120):
+        result = await asyncio.wait_for(asyncio.wrap_future(self.enqueue(ask)), timeout)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def _loop(self) -> None:
+        import queue
+
+        while True:
+            batch = [self.queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                results = self.ws.submit_many([ask for ask, _ in batch])
+            except Exception as err:  # e.g. the disk is full: every waiting client gets the error (a 500)
+                results = [err] * len(batch)
+            for (_, future), result in zip(batch, results):
+                future.set_result(result)
 
 
 class IntakeServer:

@@ -8,18 +8,30 @@ imports are most of its cost. `erasure.plan` applies the same unknown-id rule la
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 from oblivio.data.columns import RECORD_KEY, SUBJECT_KEY
 from oblivio.errors import RequestError, RequestRejected
 from oblivio.keys import record_key, subject_key
-from oblivio.ledger import Ledger, Request
+from oblivio.ledger import Ledger, Request, Submission
 from oblivio.workspace import Workspace
 
 
 def hash_ids(ws: Workspace, *, subjects: list[str], records: list[str]) -> tuple[list[str], list[str]]:
     """Raw ids -> keyed hashes; the raw ids go no further than this function."""
     return [subject_key(ws.secret, s) for s in subjects], [record_key(ws.secret, r) for r in records]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One deletion request as a client gives it (raw ids: they go no further than `record_many`)."""
+
+    subjects: Collection[str] = ()
+    records: Collection[str] = ()
+    kind: str = "erasure"
+    reason: str = ""
+    idempotency: tuple[str, str] | None = None  # (key hash, body digest) of an Idempotency-Key
 
 
 def record(ws: Workspace, *, subjects: Collection[str] = (), records: Collection[str] = (), kind: str = "erasure",
@@ -29,29 +41,57 @@ def record(ws: Workspace, *, subjects: Collection[str] = (), records: Collection
     A new request whose ids match no record is recorded as rejected and raises
     RequestRejected (nothing else changed); a repeat of a rejected one raises it again.
     """
-    for role, ids in (("subject", subjects), ("record", records)):
-        if isinstance(ids, (str, bytes)):
-            raise RequestError(f"{role}s must be a list of ids, not a single string; wrap the id in a list.")
-        for position, value in enumerate(ids, start=1):
-            if not isinstance(value, str) or not value.strip() or value != value.strip():
-                raise RequestError(f"{role} id #{position} must be a non-empty string without surrounding spaces.")
-    if not subjects and not records:
-        raise RequestError("The request names no subject and no record; give at least one id.")
-    subject_hashes, record_hashes = hash_ids(ws, subjects=list(subjects), records=list(records))
+    (result,) = record_many(ws, [Ask(subjects, records, kind, reason, idempotency)])
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def record_many(ws: Workspace, asks: list[Ask]) -> list[tuple[Request, bool] | RequestError]:
+    """`record` for several requests with one commit (the intake's group commit); each gets its
+    own result or refusal, and one refusal does not affect the others."""
+    out: list = [None] * len(asks)
+    subs, where = [], []
+    for i, ask in enumerate(asks):
+        try:
+            subject_hashes, record_hashes = hash_ids(ws, subjects=_checked(ask.subjects, "subject"),
+                                                     records=_checked(ask.records, "record"))
+            if not subject_hashes and not record_hashes:
+                raise RequestError("The request names no subject and no record; give at least one id.")
+        except RequestError as err:
+            out[i] = err
+            continue
+        subs.append(Submission(kind=ask.kind, subject_hashes=subject_hashes, record_hashes=record_hashes,
+                               reason=ask.reason, idempotency=ask.idempotency))
+        where.append(i)
     ledger = Ledger(ws.ledger_path)
     try:
-        request, created = ledger.submit(kind=kind, subject_hashes=subject_hashes, record_hashes=record_hashes,
-                                         reason=reason, idempotency=idempotency)
-        problem = precheck(ws, request, ledger) if created else None
-        if problem:
-            ledger.mark_rejected(request.id, reason=problem)
-            request = ledger.get(request.id)
+        for i, result in zip(where, ledger.submit_many(subs) if subs else []):
+            if isinstance(result, RequestError):
+                out[i] = result
+                continue
+            request, created = result
+            problem = precheck(ws, request, ledger) if created else None
+            if problem:
+                ledger.mark_rejected(request.id, reason=problem)
+                request = ledger.get(request.id)
+            if request.status == "rejected":
+                out[i] = RequestRejected(f"Request {request.id} rejected, nothing changed: "
+                                         f"{problem or request.error}", request.id)
+            else:
+                out[i] = (request, created)
     finally:
         ledger.close()
-    if request.status == "rejected":
-        raise RequestRejected(f"Request {request.id} rejected, nothing changed: {problem or request.error}",
-                              request.id)
-    return request, created
+    return out
+
+
+def _checked(ids: Collection[str], role: str) -> list[str]:
+    if isinstance(ids, (str, bytes)):
+        raise RequestError(f"{role}s must be a list of ids, not a single string; wrap the id in a list.")
+    for position, value in enumerate(ids, start=1):
+        if not isinstance(value, str) or not value.strip() or value != value.strip():
+            raise RequestError(f"{role} id #{position} must be a non-empty string without surrounding spaces.")
+    return list(ids)
 
 
 def read_ids_file(path: Path) -> list[str]:

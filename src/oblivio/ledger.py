@@ -217,6 +217,17 @@ def _dump(obj: dict, what: str) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
+@dataclass(frozen=True)
+class Submission:
+    """One request to record: keyed hashes only; `idempotency` is (key hash, body digest)."""
+
+    kind: str
+    subject_hashes: Iterable[str] = ()
+    record_hashes: Iterable[str] = ()
+    reason: str = ""
+    idempotency: tuple[str, str] | None = None
+
+
 class Ledger:
     """Deletion requests, tombstones and certificates in one SQLite file.
 
@@ -299,51 +310,73 @@ class Ledger:
         key with the same body returns the request it first made (even a rejected one);
         with another body it raises IdempotencyConflict. Checked in the same transaction.
         """
-        if kind not in REQUEST_KINDS:
+        (result,) = self.submit_many([Submission(kind=kind, subject_hashes=subject_hashes,
+                                                 record_hashes=record_hashes, reason=reason,
+                                                 idempotency=idempotency)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def submit_many(self, submissions: Sequence[Submission]) -> list[tuple[Request, bool] | RequestError]:
+        """Several submissions in one transaction (one commit, one fsync): a long-lived intake's
+        group commit. Each gets what `submit` would return, or the RequestError it would raise;
+        one refused submission does not affect the others."""
+        out: list[tuple[Request, bool] | RequestError] = []
+        with self._write() as db:
+            for sub in submissions:
+                try:
+                    out.append(self._submit_in(db, sub))
+                except RequestError as err:
+                    out.append(err)
+        return out
+
+    def _submit_in(self, db: sqlite3.Connection, sub: Submission) -> tuple[Request, bool]:
+        """Checks first, writes last: a refused submission leaves nothing behind in the transaction."""
+        if sub.kind not in REQUEST_KINDS:
             raise RequestError(
-                f"Unknown request kind {kind!r}; use one of: {', '.join(REQUEST_KINDS)}."
+                f"Unknown request kind {sub.kind!r}; use one of: {', '.join(REQUEST_KINDS)}."
             )
-        subjects = _clean_hashes(subject_hashes, "subject")
-        records = _clean_hashes(record_hashes, "record")
+        subjects = _clean_hashes(sub.subject_hashes, "subject")
+        records = _clean_hashes(sub.record_hashes, "record")
         if not subjects and not records:
             raise RequestError(
                 "The request names no subject and no record; "
                 "give at least one subject hash or record hash."
             )
-        if not isinstance(reason, str):
+        if not isinstance(sub.reason, str):
             raise RequestError("The request reason must be text.")
-        fingerprint = _fingerprint(kind, subjects, records)
-        with self._write() as db:
-            if idempotency is not None:
-                known = db.execute("SELECT body_digest, request_id FROM idempotency_keys WHERE key_hash = ?",
-                                   (idempotency[0],)).fetchone()
-                if known is not None:
-                    if known["body_digest"] != idempotency[1]:
-                        raise IdempotencyConflict(
-                            "This Idempotency-Key was already used with a different request body; "
-                            "use a new key for a new request, or resend the original body.")
-                    return self._get(db, known["request_id"]), False
-            row = db.execute(
-                "SELECT id FROM requests WHERE fingerprint = ? AND status != 'rejected'",
-                (fingerprint,),
-            ).fetchone()
-            if row is not None:
-                self._remember_key(db, idempotency, row["id"])
-                return self._get(db, row["id"]), False
-            request_id = "req-" + uuid.uuid4().hex[:16]
-            now = _now()
-            db.execute(
-                "INSERT INTO requests (id, kind, reason, status, created_at, updated_at, "
-                "fingerprint) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-                (request_id, kind, reason, now, now, fingerprint),
-            )
-            db.executemany(
-                "INSERT INTO request_hashes (request_id, role, hash) VALUES (?, ?, ?)",
-                [(request_id, "subject", h) for h in subjects]
-                + [(request_id, "record", h) for h in records],
-            )
-            self._remember_key(db, idempotency, request_id)
-            return self._get(db, request_id), True
+        fingerprint = _fingerprint(sub.kind, subjects, records)
+        idempotency = sub.idempotency
+        if idempotency is not None:
+            known = db.execute("SELECT body_digest, request_id FROM idempotency_keys WHERE key_hash = ?",
+                               (idempotency[0],)).fetchone()
+            if known is not None:
+                if known["body_digest"] != idempotency[1]:
+                    raise IdempotencyConflict(
+                        "This Idempotency-Key was already used with a different request body; "
+                        "use a new key for a new request, or resend the original body.")
+                return self._get(db, known["request_id"]), False
+        row = db.execute(
+            "SELECT id FROM requests WHERE fingerprint = ? AND status != 'rejected'",
+            (fingerprint,),
+        ).fetchone()
+        if row is not None:
+            self._remember_key(db, idempotency, row["id"])
+            return self._get(db, row["id"]), False
+        request_id = "req-" + uuid.uuid4().hex[:16]
+        now = _now()
+        db.execute(
+            "INSERT INTO requests (id, kind, reason, status, created_at, updated_at, "
+            "fingerprint) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+            (request_id, sub.kind, sub.reason, now, now, fingerprint),
+        )
+        db.executemany(
+            "INSERT INTO request_hashes (request_id, role, hash) VALUES (?, ?, ?)",
+            [(request_id, "subject", h) for h in subjects]
+            + [(request_id, "record", h) for h in records],
+        )
+        self._remember_key(db, idempotency, request_id)
+        return self._get(db, request_id), True
 
     @staticmethod
     def _remember_key(db: sqlite3.Connection, idempotency: tuple[str, str] | None, request_id: str) -> None:
