@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_executor_options(p)
 
     p = command("serve", cmd_serve, "serve the scheduled pipeline and the deletion processor on a Prefect server")
-    p.add_argument("--host", default="127.0.0.1", help="bind address of the Prefect server (default loopback)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address of the Prefect server and the HTTP intake (default loopback)")
     p.add_argument("--port", type=_whole(1), default=4200, help="port of the Prefect server (default 4200)")
     p.add_argument("--intake-port", type=_whole(0), default=0,
                    help="port of the HTTP deletion intake (default: a free one; see .oblivio/serve.json)")
