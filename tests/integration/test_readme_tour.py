@@ -21,11 +21,13 @@ SAMPLE = 300  # subjects; the tour's ids were chosen from this sample under TEST
 
 
 def tour_commands() -> list[str]:
-    """Shell lines of the tour's code blocks (up to the scenario part, which trains twice more)."""
+    """Shell lines of the tour's first code blocks: init, run, forget someone."""
     text = README.read_text()
     section = text[text.index("## A 5-minute tour"):]
     section = section[:section.index("\n## ", 1)]
-    section = section[:section.index("**Correct manipulated data.**")]  # the scenario part trains twice more
+    # up to the parts that need a user's own file or train twice more
+    ends = [section.index(m) for m in ("**Bring your own table.**", "**Correct manipulated data.**") if m in section]
+    section = section[:min(ends)] if ends else section
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
         lines += [line.strip() for line in block.splitlines() if shlex.split(line, comments=True)]
