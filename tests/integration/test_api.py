@@ -54,9 +54,11 @@ def trained(tmp_path_factory):
 def test_read_only_results_equal_the_cli_json(trained):
     ws, _ = trained
     assert api_json(ws, "review()") == json.loads(cli(ws, "review", "--json").stdout)
-    assert api_json(ws, "review(alias='champion')") == json.loads(cli(ws, "review", "--alias", "champion",
-                                                                          "--json").stdout)
-    assert api_json(ws, "verify()") == json.loads(cli(ws, "verify", "--json").stdout)
+    # the candidate: on this tiny table a gate may hold the first version back from champion
+    assert api_json(ws, "review(alias='candidate')") == json.loads(cli(ws, "review", "--alias", "candidate",
+                                                                           "--json").stdout)
+    assert api_json(ws, "verify(alias='candidate')") == json.loads(cli(ws, "verify", "--alias", "candidate",
+                                                                           "--json").stdout)
     assert api_json(ws, "requests()") == json.loads(cli(ws, "requests", "--json").stdout)
 
 
