@@ -44,7 +44,7 @@ def deploy_to_work_pool(root: str, *, n_shards: int, cron: str, timezone: str, w
 
     source = Path(__file__).resolve().parent.parent  # the directory that holds flows/
     name = f"scheduled-{Path(root).name}-{hashlib.sha256(root.encode()).hexdigest()[:8]}"
-    remote = training_pipeline.from_source(source=str(source), entrypoint="flows/pipeline.py:training_pipeline")
+    remote = training_pipeline.from_source(source=str(source), entrypoint="flows/training.py:training_pipeline")
     with contextlib.redirect_stdout(sys.stderr):  # Prefect prints a table; stdout is the command's (--json)
         deployment_id = remote.deploy(
             name=name, work_pool_name=work_pool, schedules=[Cron(cron, timezone=timezone)],

@@ -23,7 +23,7 @@ def apply(root: str, batch: dict) -> dict:
 def finish(root: str, batch: dict, registered: dict, promoted: dict, shards: list[dict], applied: dict) -> dict:
     from prefect.runtime import flow_run
 
-    from flows.history import purge_flow_runs
+    from oblivio.flows.history import purge_flow_runs
 
     running = flow_run.id
     return erasure.finish(Path(root), batch=batch, registered=registered, promoted=promoted, shards=shards,

@@ -92,7 +92,7 @@ def test_tracking_server_killed_then_s3_cut_then_the_batch_completes_once(stack,
 
 
 def test_a_backend_down_at_run_start_is_named_and_nothing_is_written(stack, tmp_path):
-    from flows.server import free_port
+    from oblivio.flows.prefect_api import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     ws = production_workspace(stack, tmp_path, name="down", **{"--mlflow-uri": dead})

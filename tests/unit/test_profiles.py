@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.server import free_port
+from oblivio.flows.prefect_api import free_port
 from oblivio.errors import BackendError, ConfigError
 from oblivio.profiles import Production, load_backends
 from oblivio.workspace import Workspace, init_workspace
