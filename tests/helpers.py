@@ -59,8 +59,9 @@ FAST = {
     "train": {"hidden": [16], "epochs_per_slice": 2, "batch_size": 32},
     "report": {"baseline": False},
     "executor": {"kind": "thread", "max_workers": 2},
-    # tiny data: one retrained shard can move accuracy by a few points
-    "gates": {"min_accuracy": 0.5, "max_accuracy_regression": 0.2},
+    # tiny data: one retrained shard can move accuracy by a few points, and a TPR at 1 % FPR read
+    # off ~150 members of a shard is noise (with RMIA beside LiRA the worst attack crossed 0.1 by chance)
+    "gates": {"min_accuracy": 0.5, "max_accuracy_regression": 0.2, "max_mia_tpr_at_1pct_fpr": 0.5},
 }
 TEST_SECRET = "5eed" * 16  # tests place records the same way on every run: no flaky shard layouts
 
