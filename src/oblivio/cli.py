@@ -19,7 +19,8 @@ from oblivio.errors import OblivioError
 
 def _emit(result, as_json: bool, human: str) -> None:
     if as_json:
-        print(json.dumps(result.to_dict(), indent=1, sort_keys=True, default=str))
+        data = result if isinstance(result, dict) else result.to_dict()  # the API's results, or a face's own dict
+        print(json.dumps(data, indent=1, sort_keys=True, default=str))
     else:
         print(human)
 
