@@ -42,9 +42,9 @@ def retrained_seconds(ws: Path, version: int) -> float:
     logs each shard's `train_seconds` to an MLflow child run of the new model version.
     """
     from oblivio import tracking
-    from oblivio.workspace import Workspace
+    from oblivio.workspace import WorkspaceDir
 
-    cfg = Workspace(ws).mlflow
+    cfg = WorkspaceDir(ws).mlflow
     client = tracking.client(cfg)
     run_id = client.get_model_version(cfg.model_name, str(version)).run_id
     experiment = client.get_experiment_by_name(cfg.experiment).experiment_id
@@ -59,17 +59,17 @@ def warm_floor(ws: Path, retrained: dict[str, list[int]]) -> float:
     Each shard resumes from a copy of the checkpoint before its first retrained slice, in a
     scratch store, twice; the second, warm attempt is the one counted.
     """
-    from oblivio import pipeline
+    from oblivio import shard_training
     from oblivio.data.sharding import read_shard
     from oblivio.ensemble import MANIFEST
     from oblivio.training.sisa import CheckpointStore, train_shard
-    from oblivio.workspace import Workspace
+    from oblivio.workspace import WorkspaceDir
 
-    w = Workspace(ws)
+    w = WorkspaceDir(ws)
     chains = {s["index"]: s["chain"] for s in json.loads((w.models_dir / MANIFEST).read_text())["shards"]}
     total = 0.0
     for k, stages in ((int(k), v) for k, v in retrained.items()):
-        name, data = pipeline.shard_name(k), pipeline.shard_data(w, read_shard(w.shards_dir, k))
+        name, data = shard_training.shard_name(k), shard_training.shard_data(w, read_shard(w.shards_dir, k))
         for _ in range(2):
             with tempfile.TemporaryDirectory() as tmp:
                 store = CheckpointStore(Path(tmp))
@@ -77,7 +77,7 @@ def warm_floor(ws: Path, retrained: dict[str, list[int]]) -> float:
                     parent = chains[k][min(stages) - 1]
                     store.path(name, parent).parent.mkdir()
                     shutil.copy(CheckpointStore(w.checkpoints_dir).path(name, parent), store.path(name, parent))
-                result = train_shard(data, recipe=pipeline.recipe_for(w), shard=name, n_slices=w.params.sisa.slices,
+                result = train_shard(data, recipe=shard_training.recipe_for(w), shard=name, n_slices=w.params.sisa.slices,
                                      secret=w.secret, store=store)
         total += result.seconds
     return total

@@ -27,9 +27,9 @@ def retrain_shares(ws) -> dict[str, float]:
     """Mean share of its shard's stage training a one-person erasure retrains, by placement rule."""
     from oblivio.data.columns import SLICE, SUBJECT_KEY
     from oblivio.data.sharding import Layout, read_layout, read_shard
-    from oblivio.workspace import Workspace
+    from oblivio.workspace import WorkspaceDir
 
-    w = Workspace(ws)
+    w = WorkspaceDir(ws)
     layout, cols = read_layout(w.shards_dir), w.params.data.columns
     by_record = Layout(shards=layout.shards, slices=layout.slices, placement="record")
     shares: dict[str, list[float]] = {"subject": [], "record": []}

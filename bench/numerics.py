@@ -21,12 +21,12 @@ TRAIN_EVERY_SHARD = """
 import json, sys, time
 from pathlib import Path
 import oblivio
-from oblivio import pipeline
-from oblivio.workspace import Workspace
+from oblivio import shard_training
+from oblivio.workspace import WorkspaceDir
 ws = Path(sys.argv[1])
 began = time.perf_counter()
-hashes = [pipeline.train_one_shard(ws, k, resume=False)["weights_sha256"]
-          for k in range(Workspace(ws).params.sisa.shards)]
+hashes = [shard_training.train_one_shard(ws, k, resume=False)["weights_sha256"]
+          for k in range(WorkspaceDir(ws).params.sisa.shards)]
 print(json.dumps({"seconds": time.perf_counter() - began, "hashes": hashes}))
 """
 

@@ -24,15 +24,15 @@ def bare_training(ws: Path) -> dict:
     so the workspace is left as it was. The first shard pays torch's one-time warm-up,
     as the first shard of every worker process does in a run.
     """
-    from oblivio import pipeline
+    from oblivio import shard_training
 
     shards = []
     for k in range(read_params(ws)["sisa"]["shards"]):
         began = time.perf_counter()
-        pipeline.train_one_shard(ws, k, resume=False)
+        shard_training.train_one_shard(ws, k, resume=False)
         shards.append(time.perf_counter() - began)
     began = time.perf_counter()
-    pipeline.train_baseline(ws, resume=False)
+    shard_training.train_baseline(ws, resume=False)
     return {"shards": shards, "baseline": time.perf_counter() - began}
 
 

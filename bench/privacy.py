@@ -75,16 +75,16 @@ def audit_seconds(ws: Path, reports_dir: Path, repeats: int = 3) -> tuple[float,
     """
     from oblivio.audit.membership import membership_audit
     from oblivio.ensemble import Ensemble
-    from oblivio.pipeline import holdout_arrays
-    from oblivio.workspace import Workspace
+    from oblivio.evaluation import holdout_arrays
+    from oblivio.workspace import WorkspaceDir
 
     p = read_params(ws)
     cols = p["data"]["columns"]
     ensemble = Ensemble.load(ws / "models")
-    raw, y = holdout_arrays(Workspace(ws))
+    raw, y = holdout_arrays(WorkspaceDir(ws))
     kwargs = dict(ensemble=ensemble, holdout=(ensemble.shard_logits(ensemble.featurize(raw)), y),
                   shards_dir=ws / "data" / "shards", n_shards=p["sisa"]["shards"],
-                  features=list(Workspace(ws).params.data.columns.features),  # names: entries may be mappings
+                  features=list(WorkspaceDir(ws).params.data.columns.features),  # names: entries may be mappings
                   label=cols["label"], labels=p["data"]["label_domain"], reports_dir=reports_dir, seed=p["seed"])
     calls = []
     for _ in range(1 + repeats):

@@ -102,16 +102,16 @@ def _label_column(ws: Path) -> str:
 
 def encoding_cost(ws: Path, table: pd.DataFrame) -> dict:
     """Seconds per 100k rows: ingest (the whole step) and the encoder alone, beside the numeric-only transform."""
-    from oblivio import pipeline
-    from oblivio.pipeline import encoder_for
+    from oblivio import ingestion
+    from oblivio.encoding_pin import encoder_for
     from oblivio.training.nets import featurize
-    from oblivio.workspace import Workspace
+    from oblivio.workspace import WorkspaceDir
 
     began = time.perf_counter()
-    summary = pipeline.ingest(ws)
+    summary = ingestion.ingest(ws)
     ingest = time.perf_counter() - began
     rows = summary["n_records"] + summary["n_holdout_records"]
-    encoder = encoder_for(Workspace(ws))
+    encoder = encoder_for(WorkspaceDir(ws))
     big = pd.concat([table] * int(np.ceil(100_000 / len(table))), ignore_index=True).iloc[:100_000]
     numeric = [c.name for c in encoder.columns if c.kind == "numeric"]
     encode, plain = [], []

@@ -5,7 +5,7 @@ import time
 
 from prefect import flow
 
-from oblivio.tasks import deletion as d
+from oblivio.tasks import deletion_steps as d
 from oblivio.tasks import stages as t
 
 

@@ -55,11 +55,11 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
         from oblivio.flows.deployments import workspace_deployments
         from oblivio.flows.runners import make_task_runner
         from oblivio.flows.warm import WarmDeletions, warm_up
-        from oblivio.workspace import Workspace
+        from oblivio.workspace import WorkspaceDir
 
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             scheduled, deletion = workspace_deployments(str(root), n_shards=n_shards, cron=cron, timezone=timezone)
-            ws = Workspace(root)
+            ws = WorkspaceDir(root)
             # threads, as `oblivio process` uses: a batch retrains a shard or two
             flow = deletion_pipeline.with_options(
                 task_runner=make_task_runner("thread", max_workers=ws.params.executor.max_workers))

@@ -16,12 +16,12 @@ from pathlib import Path
 from uuid import UUID
 
 from oblivio.errors import OblivioError
-from oblivio.workspace import Workspace
+from oblivio.workspace import WorkspaceDir
 
 POLL_SECONDS = 0.1  # a read on a local API: it answers in milliseconds and writes nothing
 
 
-def warm_up(ws: Workspace) -> None:
+def warm_up(ws: WorkspaceDir) -> None:
     """Load what the first erasure would otherwise load lazily (about 3 s on 2 cores): the
     MLflow store, `mlflow gc`, the workspace's DVC pipeline, MLflow's map of installed
     packages (which `log_model` builds on first use to check the model's requirements) and
@@ -34,12 +34,12 @@ def warm_up(ws: Workspace) -> None:
     from mlflow.tracking.context.registry import resolve_tags
     from mlflow.utils import requirements_utils
 
-    from oblivio import lineage, pipeline, tracking
+    from oblivio import evaluation, lineage, tracking
 
     tracking.ensure_experiment(ws.mlflow)
     lineage.load_pipeline(ws.root)
     try:
-        pipeline.prime_audit(ws.root)
+        evaluation.prime_audit(ws.root)
     except (OblivioError, OSError) as err:  # a run replaced the models meanwhile: the first audit primes itself
         print(f"oblivio serve: audit cache not primed ({type(err).__name__}); the first erasure fills it",
               file=sys.stderr, flush=True)
@@ -113,7 +113,7 @@ class WarmDeletions:
 
         from oblivio import erasure
 
-        ws = Workspace(self.root)
+        ws = WorkspaceDir(self.root)
         with ws.exclusive("process"):
             try:
                 run_flow(self.flow, flow_run=flow_run, parameters=flow_run.parameters)

@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from oblivio import lineage, pipeline, registry
+from oblivio import evaluation, ingestion, lineage, publishing, registry, shard_training
 
 
 def progress(message: str) -> None:
@@ -20,7 +20,7 @@ def progress(message: str) -> None:
 
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest(root: str, reslice: bool = False) -> dict:
-    return pipeline.ingest(Path(root), reslice=reslice)
+    return ingestion.ingest(Path(root), reslice=reslice)
 
 
 @task(name="version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -30,22 +30,22 @@ def version(root: str, stages: list[str]) -> dict:
 
 @task(name="train-shard", cache_policy=NO_CACHE)
 def train_shard(root: str, shard: int, from_scratch: bool = False) -> dict:
-    return pipeline.train_one_shard(Path(root), shard, progress, resume=not from_scratch)
+    return shard_training.train_one_shard(Path(root), shard, progress, resume=not from_scratch)
 
 
 @task(name="train-baseline", cache_policy=NO_CACHE)
 def train_baseline(root: str, from_scratch: bool = False) -> dict:
-    return pipeline.train_baseline(Path(root), progress, resume=not from_scratch)
+    return shard_training.train_baseline(Path(root), progress, resume=not from_scratch)
 
 
 @task(name="publish-models", cache_policy=NO_CACHE)
 def publish_models(root: str, shard_results: list[dict]) -> dict:
-    return pipeline.publish_models(Path(root), shard_results)
+    return publishing.publish_models(Path(root), shard_results)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(root: str, baseline: dict | None) -> dict:
-    return pipeline.evaluate(Path(root), baseline)
+    return evaluation.evaluate(Path(root), baseline)
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

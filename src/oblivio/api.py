@@ -30,7 +30,7 @@ from oblivio.results import (
     ApproveResult, Result, InitResult, ProcessResult, RequestResult, RequestsResult, ReviewResult, RunResult, ScenarioResult,
     VerifyResult,
 )
-from oblivio.workspace import Workspace as Layout
+from oblivio.workspace import WorkspaceDir
 
 Progress = Callable[[str], None]
 EXECUTOR_KINDS = CHOICES["executor.kind"]
@@ -43,7 +43,7 @@ def _silent(message: str) -> None:
 class Workspace:
     """An opened Oblivio workspace (the façade). `layout` is where its files live."""
 
-    def __init__(self, layout: Layout, *, progress: Progress = _silent):
+    def __init__(self, layout: WorkspaceDir, *, progress: Progress = _silent):
         self.layout = layout
         self.progress = progress
 
@@ -53,7 +53,7 @@ class Workspace:
         """The workspace at (or above) `path`, default the current directory; both config files validated."""
         from oblivio import numerics
 
-        layout = Layout.find(Path(path) if path is not None else None)
+        layout = WorkspaceDir.find(Path(path) if path is not None else None)
         _ = layout.params, layout.mlflow  # every problem of both files, before anything starts
         numerics.pin_process(layout.params.train.numerics)  # before torch and numpy load
         os.environ.update(layout.environment())
@@ -264,7 +264,7 @@ class Workspace:
             table.to_parquet(source, index=False)
             sc = init_workspace(scratch / "workspace",
                                 params=scenario.params_with_source((ws.root / "params.yaml").read_text(), source))
-            sc = Layout(sc.root)
+            sc = WorkspaceDir(sc.root)
             _ = sc.params
             self.progress(f"scenario {kind}: {len(manipulated)} manipulated records ({fraction:.0%}); training")
             trained = _flow_in(sc, runner, "training")
@@ -291,15 +291,15 @@ class Workspace:
         """One dvc.yaml stage without Prefect (what `dvc repro` runs): ingest, train or evaluate."""
         if name not in ("ingest", "train", "evaluate"):
             raise OblivioError(f"stage must be ingest, train or evaluate, got {name!r}.")
-        from oblivio import pipeline
+        from oblivio import evaluation, ingestion, publishing, shard_training
 
         ws = self.layout
         if name == "ingest":
-            return Result(details=pipeline.ingest(ws.root))
+            return Result(details=ingestion.ingest(ws.root))
         if name == "evaluate":
-            return Result(details=pipeline.evaluate(ws.root))
-        shards = [pipeline.train_one_shard(ws.root, k, progress or self.progress) for k in range(ws.params.sisa.shards)]
-        pipeline.publish_models(ws.root, shards)
+            return Result(details=evaluation.evaluate(ws.root))
+        shards = [shard_training.train_one_shard(ws.root, k, progress or self.progress) for k in range(ws.params.sisa.shards)]
+        publishing.publish_models(ws.root, shards)
         return Result(details={"shards": [{k: s[k] for k in ("index", "weights_sha256", "slices_trained")}
                                           for s in shards]})
 
@@ -447,7 +447,7 @@ def _timed(result: dict, began: float) -> dict:
     return result
 
 
-def _flow_in(ws: Layout, runner: Callable, which: str) -> dict:
+def _flow_in(ws: WorkspaceDir, runner: Callable, which: str) -> dict:
     from oblivio.flows.prefect_api import prefect_api
 
     with prefect_api() as ready:

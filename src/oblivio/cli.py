@@ -270,7 +270,7 @@ def _scratch_workspace(ws, root: Path, *, secret: str, dp_enabled: bool):
     """A fresh workspace on the scratch table, with this workspace's params (DP on or off)."""
     import yaml
 
-    from oblivio.workspace import Workspace, init_workspace
+    from oblivio.workspace import WorkspaceDir, init_workspace
 
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # each scratch copy tracks in its own store
         os.environ.pop(name, None)
@@ -282,7 +282,7 @@ def _scratch_workspace(ws, root: Path, *, secret: str, dp_enabled: bool):
     params.setdefault("dp", {})["enabled"] = dp_enabled
     params.setdefault("report", {})["baseline"] = False
     (sc.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sc = Workspace(sc.root)
+    sc = WorkspaceDir(sc.root)
     _ = sc.params
     return sc
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from oblivio.errors import BackendError
-from oblivio.workspace import Workspace
+from oblivio.workspace import WorkspaceDir
 
 PROBE_PREFIX = "oblivio-doctor"
 
@@ -57,14 +57,14 @@ def dvc_remote(root: Path) -> dict:
 
 # --- the checks ------------------------------------------------------------------
 
-def _mlflow_server(ws: Workspace) -> str:
+def _mlflow_server(ws: WorkspaceDir) -> str:
     cfg = ws.mlflow
     _http("GET", f"{cfg.tracking_uri}/health")
     _http("POST", f"{cfg.tracking_uri}/api/2.0/mlflow/experiments/search", json.dumps({"max_results": 1}).encode())
     return f"{cfg.tracking_uri} answers and lists experiments"
 
 
-def _mlflow_database(ws: Workspace) -> str:
+def _mlflow_database(ws: WorkspaceDir) -> str:
     from sqlalchemy import create_engine, text
 
     cfg = ws.mlflow
@@ -83,14 +83,14 @@ def _mlflow_database(ws: Workspace) -> str:
     return f"{engine.url.render_as_string(hide_password=True)}: DELETE on runs, logged models, versions (mlflow gc)"
 
 
-def _mlflow_artifacts(ws: Workspace) -> str:
+def _mlflow_artifacts(ws: WorkspaceDir) -> str:
     base = f"{ws.mlflow.tracking_uri}/api/2.0/mlflow-artifacts/artifacts/{PROBE_PREFIX}/{uuid.uuid4().hex}"
     _http("PUT", base, b"probe")
     _http("DELETE", base)
     return "the artifact proxy writes and deletes (what mlflow gc asks of it)"
 
 
-def _dvc_s3(ws: Workspace, remote: dict) -> str:
+def _dvc_s3(ws: WorkspaceDir, remote: dict) -> str:
     import boto3
 
     parts = urlsplit(remote["url"])
@@ -104,14 +104,14 @@ def _dvc_s3(ws: Workspace, remote: dict) -> str:
     return f"{remote['url']}: put, list, get and delete (what dvc push and dvc gc -c need)"
 
 
-def _prefect(ws: Workspace) -> str:
+def _prefect(ws: WorkspaceDir) -> str:
     api = ws.backends.prefect_api
     _http("GET", f"{api}/health")
     _http("POST", f"{api}/flow_runs/filter", json.dumps({"limit": 1}).encode())
     return f"{api} answers and lists flow runs"
 
 
-def _dask(ws: Workspace) -> str:
+def _dask(ws: WorkspaceDir) -> str:
     from distributed import Client
 
     with Client(ws.params.executor.dask_address, timeout=5) as client:
@@ -121,7 +121,7 @@ def _dask(ws: Workspace) -> str:
     return f"{ws.params.executor.dask_address}: {n} worker(s)"
 
 
-def run_checks(ws: Workspace, *, cheap: bool = False) -> list[dict]:
+def run_checks(ws: WorkspaceDir, *, cheap: bool = False) -> list[dict]:
     """Every configured backend's check, in order; `cheap`: reachability only, no writes."""
     cfg = ws.mlflow
     checks: list[tuple[str, Callable[[], str | None]]] = []
@@ -156,7 +156,7 @@ def run_checks(ws: Workspace, *, cheap: bool = False) -> list[dict]:
     return results
 
 
-def require_reachable(ws: Workspace, command: str) -> None:
+def require_reachable(ws: WorkspaceDir, command: str) -> None:
     """Before a command writes anything: every configured remote backend answers, or one message."""
     down = [c for c in run_checks(ws, cheap=True) if not c["ok"]]
     if down:

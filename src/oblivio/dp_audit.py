@@ -25,15 +25,15 @@ from oblivio.data.sources import load_source
 from oblivio.ensemble import Ensemble
 from oblivio.errors import IntegrityError, OblivioError
 from oblivio.keys import keyed_hash, keyed_int
-from oblivio.pipeline import drop_tombstoned, limit_subjects, tombstones
-from oblivio.workspace import Workspace
+from oblivio.ingestion import drop_tombstoned, limit_subjects, tombstones
+from oblivio.workspace import WorkspaceDir
 
 CANARY_SCALE = (3.0, 6.0)  # canary features: a real record's, each scaled by a factor in this range
 
 
 def source_table(root: Path) -> pd.DataFrame:
     """The workspace's data as ingest would read it: sampled as configured, erased people out."""
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     cols = ws.params.data.columns
     df = load_source(ws.params.data.source, ws.root)
     if ws.params.data.limit_subjects:
@@ -42,7 +42,7 @@ def source_table(root: Path) -> pd.DataFrame:
     return drop_tombstoned(df, ws, subjects=subjects, records=records)[0]
 
 
-def make_canaries(table: pd.DataFrame, *, scratch: Workspace, m: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+def make_canaries(table: pd.DataFrame, *, scratch: WorkspaceDir, m: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     """(m canary rows, whether each is included), every canary on the training side of the split.
 
     A canary is a new person with one record: a real record's features, scaled away from the
@@ -88,7 +88,7 @@ def with_canaries(table: pd.DataFrame, canaries: pd.DataFrame, included: np.ndar
 
 def canary_scores(root: Path, canaries: pd.DataFrame) -> np.ndarray:
     """Offline RMIA score of each canary against the shard model its person is placed in."""
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     p = ws.params
     cols = p.data.columns
     ensemble = Ensemble.load(ws.models_dir)
@@ -108,7 +108,7 @@ def audit(root: Path, canaries: pd.DataFrame, included: np.ndarray, *, delta: fl
 
 def epsilon_of_run(root: Path) -> tuple[str, float]:
     """(unit, ε) the scratch run's accountant reported."""
-    metrics = json.loads((Workspace(root).reports_dir / "metrics.json").read_text())
+    metrics = json.loads((WorkspaceDir(root).reports_dir / "metrics.json").read_text())
     dp = metrics["dp"]
     return dp["unit"], float(dp[f"{dp['unit']}_epsilon"])
 
@@ -117,7 +117,7 @@ def record(root: Path, result: dict) -> int | None:
     """Log ε̂ beside ε on the workspace's candidate version (tag and report line); its number."""
     from oblivio import tracking
 
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     cfg = ws.mlflow
     version = tracking.alias_version(cfg, cfg.candidate_alias)
     if version is None:

@@ -21,7 +21,7 @@ from oblivio.numerics import enter_torch
 from oblivio.training.nets import build_model, featurize
 from oblivio.training.sisa import Recipe, weights_digest
 
-MANIFEST = "manifest.json"  # the name Workspace.manifest_path uses too
+MANIFEST = "manifest.json"  # the name WorkspaceDir.manifest_path uses too
 
 
 def shard_file(k: int) -> str:

@@ -33,12 +33,12 @@ from oblivio.faults import crash_point
 from oblivio.intake import unknown_ids
 from oblivio.keys import record_key, subject_key
 from oblivio.ledger import Ledger, Request
-from oblivio.workspace import Workspace
+from oblivio.workspace import WorkspaceDir
 
 HOLDOUT = -1  # the shard index placement uses for held-out rows
 
 
-def placement(ws: Workspace) -> pd.DataFrame:
+def placement(ws: WorkspaceDir) -> pd.DataFrame:
     """Keys, shard and slice of every placed row (holdout rows get shard -1), no features."""
     cols = [SUBJECT_KEY, RECORD_KEY, SHARD, SLICE]
     frames = [pq.read_table(p, columns=cols).to_pandas() for p in sorted(ws.shards_dir.glob("shard=*/part.parquet"))]
@@ -58,7 +58,7 @@ def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure", "corrective")) -> d
     Returns the batch: accepted request ids, per shard the first affected slice, and
     counts. Holds hashes and counts only.
     """
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     ledger = Ledger(ws.ledger_path)
     try:
         rows = placement(ws)
@@ -116,7 +116,7 @@ def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure", "corrective")) -> d
 
 def apply(root: Path, batch: dict) -> dict:
     """Tombstone the batch's subjects and records, then drop them from every affected file."""
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     ledger = Ledger(ws.ledger_path)
     try:
         for request_id in batch["requests"]:
@@ -160,7 +160,7 @@ def _erased_rows(rows: pd.DataFrame, erased: tuple[frozenset[str], frozenset[str
     return rows[SUBJECT_KEY].isin(erased[0]) | rows[RECORD_KEY].isin(erased[1])
 
 
-def _keep_corrective_evidence(ws: Workspace, batch: dict, rows: pd.DataFrame) -> None:
+def _keep_corrective_evidence(ws: WorkspaceDir, batch: dict, rows: pd.DataFrame) -> None:
     """Corrective requests keep their flagged rows: SSD needs them at every later publish."""
     from oblivio.unlearning.corrective import store_flagged
 
@@ -175,7 +175,7 @@ def _keep_corrective_evidence(ws: Workspace, batch: dict, rows: pd.DataFrame) ->
         ledger.close()
 
 
-def _erase_from_source(ws: Workspace, erased: tuple[frozenset[str], frozenset[str]]) -> bool:
+def _erase_from_source(ws: WorkspaceDir, erased: tuple[frozenset[str], frozenset[str]]) -> bool:
     """A source file kept *inside* the workspace is a copy too: drop the erased rows from it.
 
     Built-in sources and files outside the workspace are upstream systems; tombstones
@@ -220,7 +220,7 @@ def purge(root: Path, *, keep_version: int, request_ids: list[str],
     """
     from oblivio.training.sisa import CheckpointStore
 
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     manifest = json.loads(ws.manifest_path.read_text())
     store = CheckpointStore(ws.checkpoints_dir)
     keep = {store.path(s["shard"], key) for s in manifest["shards"] for key in s["chain"]}
@@ -239,7 +239,7 @@ def purge(root: Path, *, keep_version: int, request_ids: list[str],
     return purged
 
 
-def _purge_model_versions(ws: Workspace, *, keep_version: int, request_ids: list[str]) -> list[int]:
+def _purge_model_versions(ws: WorkspaceDir, *, keep_version: int, request_ids: list[str]) -> list[int]:
     """Delete versions and runs not trained on the current data version, then `mlflow gc`."""
     cfg = ws.mlflow
     client = tracking.client(cfg)
@@ -297,7 +297,7 @@ def _mlflow_gc(cfg) -> None:
 
 # --- certificates ---------------------------------------------------------------------
 
-def certificate(ws: Workspace, req: Request, *, batch: dict, registered: dict, promoted: dict,
+def certificate(ws: WorkspaceDir, req: Request, *, batch: dict, registered: dict, promoted: dict,
                 shards: list[dict], purged: dict, applied: dict) -> dict:
     """What an auditor needs to check the request was honoured, with hashes only."""
     mine = batch["per_request"].get(req.id, {"records": 0, "shards": [], "first_slices": {}, "holdout_records": 0})
@@ -336,7 +336,7 @@ def certificate(ws: Workspace, req: Request, *, batch: dict, registered: dict, p
 def finish(root: Path, *, batch: dict, registered: dict, promoted: dict, shards: list[dict], applied: dict,
            history: Callable[[], int] | None = None) -> dict:
     """Mark the batch applied, purge, certify each request, then mark it promoted (if it was)."""
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     ledger = Ledger(ws.ledger_path)
     try:
         ids = batch["requests"]
@@ -362,7 +362,7 @@ def finish(root: Path, *, batch: dict, registered: dict, promoted: dict, shards:
         ledger.close()
 
 
-def record_failure(ws: Workspace, err: BaseException) -> None:
+def record_failure(ws: WorkspaceDir, err: BaseException) -> None:
     """A batch that failed: its unapplied requests become `failed`, its applied ones keep their
     status with the error (a purge that did not finish); the next run retries both."""
     ledger = Ledger(ws.ledger_path)

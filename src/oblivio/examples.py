@@ -13,7 +13,7 @@ from oblivio.errors import OblivioError
 from oblivio.keys import record_key, subject_key
 from oblivio.ledger import Ledger
 from oblivio.results import Result
-from oblivio.workspace import Workspace
+from oblivio.workspace import WorkspaceDir
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class ExampleIds(Result):
     records: list[str] = field(default_factory=list)  # single records of other people
 
 
-def example_ids(ws: Workspace, *, n: int = 3) -> ExampleIds:
+def example_ids(ws: WorkspaceDir, *, n: int = 3) -> ExampleIds:
     """The n smallest placed subject ids, and one record each of the n next people."""
     if not ws.shards_dir.exists():
         raise OblivioError("No data is placed yet: run `oblivio run` first, then ask for example ids.")

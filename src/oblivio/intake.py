@@ -15,10 +15,10 @@ from oblivio.data.columns import RECORD_KEY, SUBJECT_KEY
 from oblivio.errors import RequestError, RequestRejected
 from oblivio.keys import record_key, subject_key
 from oblivio.ledger import Ledger, Request, Submission
-from oblivio.workspace import Workspace
+from oblivio.workspace import WorkspaceDir
 
 
-def hash_ids(ws: Workspace, *, subjects: list[str], records: list[str]) -> tuple[list[str], list[str]]:
+def hash_ids(ws: WorkspaceDir, *, subjects: list[str], records: list[str]) -> tuple[list[str], list[str]]:
     """Raw ids -> keyed hashes; the raw ids go no further than this function."""
     return [subject_key(ws.secret, s) for s in subjects], [record_key(ws.secret, r) for r in records]
 
@@ -34,7 +34,7 @@ class Ask:
     idempotency: tuple[str, str] | None = None  # (key hash, body digest) of an Idempotency-Key
 
 
-def record(ws: Workspace, *, subjects: Collection[str] = (), records: Collection[str] = (), kind: str = "erasure",
+def record(ws: WorkspaceDir, *, subjects: Collection[str] = (), records: Collection[str] = (), kind: str = "erasure",
            reason: str = "", idempotency: tuple[str, str] | None = None) -> tuple[Request, bool]:
     """Hash, record (committed before return), precheck; returns (request, created).
 
@@ -47,7 +47,7 @@ def record(ws: Workspace, *, subjects: Collection[str] = (), records: Collection
     return result
 
 
-def record_many(ws: Workspace, asks: list[Ask]) -> list[tuple[Request, bool] | RequestError]:
+def record_many(ws: WorkspaceDir, asks: list[Ask]) -> list[tuple[Request, bool] | RequestError]:
     """`record` for several requests with one commit (the intake's group commit); each gets its
     own result or refusal, and one refusal does not affect the others."""
     out: list = [None] * len(asks)
@@ -132,7 +132,7 @@ def unknown_ids(placed_subjects: Collection[str], placed_records: Collection[str
     return "; ".join(parts) + " in the current data (check the ids)" if parts else None
 
 
-def precheck(ws: Workspace, req: Request, ledger: Ledger | None = None) -> str | None:
+def precheck(ws: WorkspaceDir, req: Request, ledger: Ledger | None = None) -> str | None:
     """At submission: why the request can already be refused (unknown ids), or None."""
     if not ws.shards_dir.exists():
         return None  # nothing placed yet; `plan` decides when the data exists
@@ -150,7 +150,7 @@ def precheck(ws: Workspace, req: Request, ledger: Ledger | None = None) -> str |
 _PLACED: dict[Path, tuple[tuple, frozenset[str], frozenset[str] | None]] = {}
 
 
-def placed_keys(ws: Workspace, *, with_records: bool) -> tuple[frozenset[str], frozenset[str]]:
+def placed_keys(ws: WorkspaceDir, *, with_records: bool) -> tuple[frozenset[str], frozenset[str]]:
     """Subject (and record) keys of the placed data; a long-lived process (`serve`'s intake)
     rereads the partitions only when one of the files changed (size or mtime)."""
     import pyarrow.parquet as pq
@@ -171,7 +171,7 @@ def placed_keys(ws: Workspace, *, with_records: bool) -> tuple[frozenset[str], f
     return frozenset(subjects), frozenset(records)
 
 
-def settled(ws: Workspace, request_id: str) -> dict | None:
+def settled(ws: WorkspaceDir, request_id: str) -> dict | None:
     """What `forget --wait` reports once another process has finished a request; None before.
 
     Done means rejected or failed, promoted, or applied with a certificate that says the

@@ -19,7 +19,7 @@ from oblivio.data.columns import SUBJECT_KEY
 from oblivio.errors import OblivioError
 from oblivio.faults import crash_point
 from oblivio.report import render_version_report
-from oblivio.workspace import Workspace
+from oblivio.workspace import WorkspaceDir
 
 
 def git_commit(root: Path) -> str:
@@ -27,7 +27,7 @@ def git_commit(root: Path) -> str:
     return result.stdout.strip() if result.returncode == 0 else "uncommitted"
 
 
-def dataset_counts(ws: Workspace) -> dict[str, int]:
+def dataset_counts(ws: WorkspaceDir) -> dict[str, int]:
     """Training records and subjects of the current data version (keys column only)."""
     import pyarrow.parquet as pq
 
@@ -36,12 +36,12 @@ def dataset_counts(ws: Workspace) -> dict[str, int]:
     return {"n_records": sum(len(c) for c in keys), "n_subjects": len(subjects)}
 
 
-def champion_metrics(ws: Workspace) -> tuple[int | None, dict | None]:
+def champion_metrics(ws: WorkspaceDir) -> tuple[int | None, dict | None]:
     version = tracking.alias_version(ws.mlflow, ws.mlflow.champion_alias)
     return (version, tracking.metrics_of(ws.mlflow, version)) if version else (None, None)
 
 
-def _raw_types(ws: Workspace) -> dict[str, str]:
+def _raw_types(ws: WorkspaceDir) -> dict[str, str]:
     """Each feature column's raw type as the published recipe's encoder reads it (the model's signature)."""
     encoding = json.loads(ws.manifest_path.read_text())["recipe"].get("encoding") or {"columns": []}
     return {c["name"]: c["source_type"] for c in encoding["columns"]}
@@ -52,7 +52,7 @@ def register(root: Path, run: dict) -> dict:
 
     `run` holds the step summaries: data (DVC hashes), shards, metrics, requests.
     """
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     cfg = ws.mlflow
     champion_version, champion = champion_metrics(ws)
     gates = evaluate_gates(AuditContext(metrics=run["metrics"], champion=champion, gates=ws.params.gates))
@@ -94,7 +94,7 @@ def register(root: Path, run: dict) -> dict:
 
 def promote(root: Path, registered: dict) -> dict:
     """Move `candidate` to the new version; `champion` too when it earned it."""
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     cfg = ws.mlflow
     version = registered["model_version"]
     gates = {name: GateResult(**g) for name, g in registered["gates"].items()}
@@ -112,7 +112,7 @@ def promote(root: Path, registered: dict) -> dict:
     return {"aliases": sorted(aliases), "promoted": cfg.champion_alias in aliases, "decision": decision}
 
 
-def version_review(ws: Workspace, version: int) -> dict:
+def version_review(ws: WorkspaceDir, version: int) -> dict:
     """What the registry says about a version, parsed for the terminal and for scripts."""
     info = tracking.version_info(ws.mlflow, version)
     tags = info["tags"]
@@ -127,7 +127,7 @@ def version_review(ws: Workspace, version: int) -> dict:
 
 def review(root: Path, *, version: int | None = None, alias: str | None = None) -> dict:
     """A version (default: the candidate) beside the current champion."""
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     cfg = ws.mlflow
     chosen = version or tracking.alias_version(cfg, alias or cfg.candidate_alias)
     if chosen is None:
@@ -139,7 +139,7 @@ def review(root: Path, *, version: int | None = None, alias: str | None = None) 
     return {"model_name": cfg.model_name, "candidate": candidate, "champion": champion}
 
 
-def _existing_version(ws: Workspace, version: int) -> dict:
+def _existing_version(ws: WorkspaceDir, version: int) -> dict:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -151,7 +151,7 @@ def _existing_version(ws: Workspace, version: int) -> dict:
 
 def approve(root: Path, version: int, *, by: str) -> dict:
     """A person's approval: `champion` for a version that passed every gate on current data."""
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     cfg = ws.mlflow
     v = _existing_version(ws, version)
     if not v["gates_passed"]:

@@ -18,19 +18,20 @@ from oblivio.data.record_ids import with_record_ids
 from oblivio.data.sharding import read_holdout
 from oblivio.data.sources import load_source
 from oblivio.ensemble import MANIFEST, Ensemble, aggregate
-from oblivio.pipeline import limit_subjects, recipe_for
+from oblivio.ingestion import limit_subjects
+from oblivio.shard_training import recipe_for
 from oblivio.training.sisa import CheckpointStore, load_final_model
 from oblivio.unlearning.scenarios import (
     attack_success_rate, confused_class_accuracy, inject_backdoor, inject_label_flip, triggered,
 )
-from oblivio.workspace import Workspace
+from oblivio.workspace import WorkspaceDir
 
 KINDS = ("backdoor", "label-flip")
 
 
 def poison(root: Path, *, kind: str, fraction: float, seed: int) -> tuple[pd.DataFrame, list[str], dict]:
     """The workspace's source data with `fraction` of rows manipulated; returns (table, ids, spec)."""
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     cols = ws.params.data.columns
     df = with_record_ids(load_source(ws.params.data.source, ws.root), cols)
     if ws.params.data.limit_subjects:
@@ -62,7 +63,7 @@ def params_with_source(params_text: str, source: Path) -> str:
     return yaml.safe_dump(raw, sort_keys=False)
 
 
-def _exact_only(ws: Workspace) -> Ensemble:
+def _exact_only(ws: WorkspaceDir) -> Ensemble:
     """The retrained shards *before* SSD: the undampened final checkpoints of the manifest."""
     manifest = json.loads((ws.models_dir / MANIFEST).read_text())
     ensemble = Ensemble.load(ws.models_dir)
@@ -75,7 +76,7 @@ def _exact_only(ws: Workspace) -> Ensemble:
 
 def measure(root: Path, spec: dict, manipulated: set[str]) -> dict:
     """Clean accuracy and the manipulated-behaviour metric of the published and exact-only ensembles."""
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     cols = ws.params.data.columns
     labels = list(ws.params.data.label_domain)
     holdout = read_holdout(ws.holdout_path)

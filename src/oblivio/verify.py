@@ -23,7 +23,7 @@ from oblivio.ledger import Ledger
 from oblivio.training.sisa import (
     CheckpointStore, Recipe, ShardData, chain_keys, slice_commitments, train_shard, weights_digest,
 )
-from oblivio.workspace import Workspace
+from oblivio.workspace import WorkspaceDir
 
 
 def _check(checks: list[dict], name: str, ok: bool, detail: str) -> bool:
@@ -31,7 +31,7 @@ def _check(checks: list[dict], name: str, ok: bool, detail: str) -> bool:
     return ok
 
 
-def registered_manifest(ws: Workspace, version: int) -> dict:
+def registered_manifest(ws: WorkspaceDir, version: int) -> dict:
     """The manifest inside the registered model's artifacts (not the local copy)."""
     import mlflow
 
@@ -44,7 +44,7 @@ def registered_manifest(ws: Workspace, version: int) -> dict:
 
 
 def verify(root: Path, *, alias: str = "champion", replay: int = 0) -> dict:
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     checks: list[dict] = []
     version = tracking.alias_version(ws.mlflow, alias)
     if version is None:
@@ -129,10 +129,10 @@ def replay_stage(data: ShardData, *, recipe: Recipe, shard: str, stage: int, cha
     return replayed == weights_digest(store.load(shard, chain[stage])["model"])
 
 
-def _replay(ws: Workspace, manifest: dict, k: int, checks: list[dict]) -> None:
+def _replay(ws: WorkspaceDir, manifest: dict, k: int, checks: list[dict]) -> None:
     """Replay under the recipe the manifest records, numerics included; where this machine
     cannot reproduce them, say so instead of reporting a mismatch."""
-    from oblivio.pipeline import shard_data
+    from oblivio.shard_training import shard_data
 
     store = CheckpointStore(ws.checkpoints_dir)
     candidates = [(s["index"], r) for s in manifest["shards"] for r in range(manifest["n_slices"])]

@@ -28,7 +28,7 @@ DVC_REMOTE = ".oblivio/dvc-remote"
 
 
 @dataclass(frozen=True)
-class Workspace:
+class WorkspaceDir:
     root: Path
 
     # --- locations -------------------------------------------------------
@@ -66,12 +66,12 @@ class Workspace:
 
     @property
     def dp_calibration_path(self) -> Path:
-        """The pinned DP noise multiplier (see pipeline.calibrate_dp)."""
+        """The pinned DP noise multiplier (see dp_calibration.calibrate_dp)."""
         return self.state_dir / "dp-calibration.json"
 
     @property
     def encoding_path(self) -> Path:
-        """The feature encoding pinned at the first ingest (see pipeline.pin_encoding)."""
+        """The feature encoding pinned at the first ingest (see encoding_pin.pin_encoding)."""
         return self.state_dir / "encoding.json"
 
     @property
@@ -156,7 +156,7 @@ class Workspace:
 
     # --- discovery -------------------------------------------------------
     @classmethod
-    def find(cls, start: Path | None = None) -> "Workspace":
+    def find(cls, start: Path | None = None) -> "WorkspaceDir":
         """The workspace containing `start` (default: the current directory)."""
         start = (start or Path.cwd()).resolve()
         for candidate in (start, *start.parents):
@@ -210,7 +210,7 @@ def template_text(name: str) -> str:
 
 
 def init_workspace(target: Path, *, source: str | None = None, params: str | None = None,
-                   profile: str = "embedded", production=None) -> Workspace:
+                   profile: str = "embedded", production=None) -> WorkspaceDir:
     """Scaffold a workspace: config files, git + DVC repositories, local remote, secret, signing key.
 
     `params`: the params.yaml text to write instead of the template (`init --from-table`);
@@ -242,7 +242,7 @@ def init_workspace(target: Path, *, source: str | None = None, params: str | Non
         for written in (*TEMPLATE_FILES.values(), profiles.BACKENDS_FILE):
             (target / written).unlink(missing_ok=True)
         raise
-    ws = Workspace(target)
+    ws = WorkspaceDir(target)
     _ = ws.secret, ws.signing_key, ws.intake_token
     return ws
 

@@ -99,9 +99,9 @@ def test_certificate_is_signed_and_verifies_offline(erased, tmp_path):
     proc = cli(tmp_path, "verify-certificate", str(cert_file), "--public-key", str(key_file), check=False)
     assert proc.returncode == 3 and "CERTIFICATE NOT VERIFIED" in proc.stdout
     from oblivio.tracking import client
-    from oblivio.workspace import Workspace
+    from oblivio.workspace import WorkspaceDir
 
-    cfg = Workspace(ws).mlflow
+    cfg = WorkspaceDir(ws).mlflow
     c = client(cfg)
     run_id = c.get_model_version(cfg.model_name, str(result["model_version"])).run_id
     logged = [a.path for a in c.list_artifacts(run_id, "certificates")]
@@ -117,9 +117,9 @@ def test_certificate_and_registry_say_what_happened(erased):
     assert cert["purge"]["model_versions_deleted"] == [before["model_version"]]
     assert MARKER not in json.dumps(cert) and "GDPR art. 17 #881" == cert["reason"]
     from oblivio.tracking import client
-    from oblivio.workspace import Workspace
+    from oblivio.workspace import WorkspaceDir
 
-    cfg = Workspace(ws).mlflow
+    cfg = WorkspaceDir(ws).mlflow
     c = client(cfg)
     versions = [int(v.version) for v in c.search_model_versions(f"name='{cfg.model_name}'")]
     assert before["model_version"] not in versions

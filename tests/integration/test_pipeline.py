@@ -21,10 +21,10 @@ def trained(tmp_path_factory):
 
 
 def mlflow_client(ws):
-    from oblivio.workspace import Workspace
+    from oblivio.workspace import WorkspaceDir
     from oblivio.tracking import client
 
-    cfg = Workspace(ws).mlflow
+    cfg = WorkspaceDir(ws).mlflow
     return client(cfg), cfg
 
 
@@ -102,20 +102,20 @@ def test_baseline_accuracy_is_the_baseline_checkpoint_on_the_holdout(make_csv_wo
     import pyarrow.parquet as pq
     import torch
 
-    from oblivio import pipeline
+    from oblivio import shard_training
     from oblivio.training.sisa import CheckpointStore, chain_keys, load_final_model, slice_commitments
-    from oblivio.workspace import Workspace
+    from oblivio.workspace import WorkspaceDir
 
     ws = make_csv_workspace()
     set_params(ws, {"report": {"baseline": True}})
     first = cli_json(ws, "run")
-    w = Workspace(ws)
+    w = WorkspaceDir(ws)
     rows = pd.concat([pq.read_table(p, columns=["_slice", "_record_key"]).to_pandas()
                       for p in sorted(w.shards_dir.glob("shard=*/part.parquet"))]).sort_values(["_slice", "_record_key"])
-    recipe = pipeline.recipe_for(w)
-    final = chain_keys(recipe.digest(), pipeline.BASELINE,
+    recipe = shard_training.recipe_for(w)
+    final = chain_keys(recipe.digest(), shard_training.BASELINE,
                        slice_commitments(tuple(rows["_record_key"]), rows["_slice"].to_numpy(), w.params.sisa.slices))[-1]
-    model = load_final_model(recipe, w.secret, pipeline.BASELINE, CheckpointStore(w.checkpoints_dir), final)
+    model = load_final_model(recipe, w.secret, shard_training.BASELINE, CheckpointStore(w.checkpoints_dir), final)
     holdout = pq.read_table(w.holdout_path).to_pandas()
     cols = w.params.data.columns
     y = holdout[cols.label].map({v: i for i, v in enumerate(w.params.data.label_domain)}).to_numpy()
@@ -129,18 +129,18 @@ def test_a_primed_audit_scores_nothing_again_and_reports_the_same(trained, tmp_p
     run no model again and report exactly what an audit from nothing reports."""
     import shutil
 
-    from oblivio import pipeline
+    from oblivio import evaluation
     from oblivio.ensemble import AuditCache, Ensemble
 
     ws = tmp_path / "copy"
     shutil.copytree(trained[0], ws)  # evaluate rewrites reports/: the module's workspace stays as the run left it
-    monkeypatch.setattr(pipeline, "AUDIT_CACHE", AuditCache())
-    cold = pipeline.evaluate(ws)
-    monkeypatch.setattr(pipeline, "AUDIT_CACHE", AuditCache())
-    pipeline.prime_audit(ws)
+    monkeypatch.setattr(evaluation, "AUDIT_CACHE", AuditCache())
+    cold = evaluation.evaluate(ws)
+    monkeypatch.setattr(evaluation, "AUDIT_CACHE", AuditCache())
+    evaluation.prime_audit(ws)
     scored, original = [], Ensemble.model_logits
     monkeypatch.setattr(Ensemble, "model_logits", lambda self, k, x: scored.append(k) or original(self, k, x))
-    assert pipeline.evaluate(ws) == cold
+    assert evaluation.evaluate(ws) == cold
     assert scored == []
 
 

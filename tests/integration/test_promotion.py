@@ -37,9 +37,9 @@ def test_gates_and_approval_decide_the_champion(tmp_path):
     assert "FAILED: min_accuracy" in text and "Membership inference" in text
 
     from oblivio.tracking import client
-    from oblivio.workspace import Workspace
+    from oblivio.workspace import WorkspaceDir
 
-    cfg = Workspace(ws).mlflow
+    cfg = WorkspaceDir(ws).mlflow
     mv = client(cfg).get_model_version(cfg.model_name, str(second["model_version"]))
     assert mv.tags["gate.min_accuracy"] == "FAILED" and "blocked" in mv.tags["oblivio.promotion"]
     assert "champion" not in mv.aliases

@@ -23,9 +23,9 @@ def crash(ws, *args, at: str):
 
 def registry_versions(ws) -> dict[int, set]:
     from oblivio.tracking import client
-    from oblivio.workspace import Workspace
+    from oblivio.workspace import WorkspaceDir
 
-    cfg = Workspace(ws).mlflow
+    cfg = WorkspaceDir(ws).mlflow
     c = client(cfg)  # search results carry no aliases: read each version
     return {int(v.version): set(c.get_model_version(cfg.model_name, v.version).aliases)
             for v in c.search_model_versions(f"name='{cfg.model_name}'")}

@@ -78,8 +78,8 @@ def test_registered_model_predicts_raw_string_rows_as_the_ensemble_does(erased, 
     import mlflow
 
     from oblivio.ensemble import Ensemble
-    from oblivio.pipeline import holdout_arrays
-    from oblivio.workspace import Workspace
+    from oblivio.evaluation import holdout_arrays
+    from oblivio.workspace import WorkspaceDir
 
     uri = f"sqlite:///{ws / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -91,7 +91,7 @@ def test_registered_model_predicts_raw_string_rows_as_the_ensemble_does(erased, 
     assert inputs["a"] == "DataType.double"
 
     raw = pd.read_parquet(ws / "table.parquet")  # as the user has it: strings, None, NaN
-    held_out = Workspace(ws)
+    held_out = WorkspaceDir(ws)
     x, _ = holdout_arrays(held_out)
     ensemble = Ensemble.load(ws / "models")
     own = ensemble.predict_proba(x)  # the audit's probabilities, from the stored partition

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from oblivio import pipeline
+from oblivio import ingestion
 from oblivio.config import parse_params
 from oblivio.data.encoding import DEFAULT_BUCKETS, bucket_of, resolve
 from oblivio.errors import ConfigError, DataError, ValidationFailed
@@ -132,7 +132,7 @@ def workspace(root: Path, df: pd.DataFrame, suffix: str = ".parquet", features=F
 
 def test_a_string_table_ingests_and_reports_null_and_vocabulary_counts(tmp_path):
     root = workspace(tmp_path / "ws", frame())
-    summary = pipeline.ingest(root)
+    summary = ingestion.ingest(root)
     validation = summary["validation"]
     df = frame()
     assert validation["null_fraction"]["region"] == round(df["region"].isna().mean(), 6)
@@ -149,7 +149,7 @@ def test_a_label_outside_a_string_domain_fails_validation(tmp_path):
     df.loc[3, "y"] = "maybe"
     root = workspace(tmp_path / "ws", df)
     with pytest.raises(ValidationFailed) as err:
-        pipeline.ingest(root)
+        ingestion.ingest(root)
     assert "on y: 1 unexpected value(s)" in str(err.value) and "allowed: ['no', 'yes']" in str(err.value)
     assert "maybe" not in str(err.value).split("allowed")[0]
     assert_nothing_written(root)
@@ -160,7 +160,7 @@ def test_a_datetime_that_does_not_parse_names_the_column(tmp_path):
     df.loc[5, "signup"] = "next tuesday"
     root = workspace(tmp_path / "ws", df, suffix=".csv")
     with pytest.raises(DataError) as err:
-        pipeline.ingest(root)
+        ingestion.ingest(root)
     assert "'signup': 1 value(s) do not parse" in str(err.value) and "next tuesday" not in str(err.value)
     assert_nothing_written(root)
 
@@ -174,7 +174,7 @@ def test_a_nested_or_binary_feature_is_one_error_naming_it(tmp_path, column, val
     table = pa.Table.from_pandas(frame(), preserve_index=False).append_column(column, values)
     root = workspace(tmp_path / "ws", table, features=["a", column])
     with pytest.raises(DataError) as err:
-        pipeline.ingest(root)
+        ingestion.ingest(root)
     assert f"feature column {column!r} holds" in str(err.value) and "kind: excluded" in str(err.value)
     assert_nothing_written(root)
 
@@ -182,5 +182,5 @@ def test_a_nested_or_binary_feature_is_one_error_naming_it(tmp_path, column, val
 def test_a_text_column_declared_numeric_is_named(tmp_path):
     root = workspace(tmp_path / "ws", frame(), features=["a", {"name": "region", "kind": "numeric"}])
     with pytest.raises(DataError, match="'region' is declared numeric but has type"):
-        pipeline.ingest(root)
+        ingestion.ingest(root)
     assert_nothing_written(root)

@@ -114,13 +114,13 @@ def test_numerics_are_part_of_the_recipe_digest_and_survive_json():
 
 def test_a_replay_under_other_recorded_versions_reports_cannot_replay(tmp_path):
     from oblivio.verify import _replay
-    from oblivio.workspace import Workspace
+    from oblivio.workspace import WorkspaceDir
 
     here = numerics.current("portable")
     recipe = {"model": "mlp", "hidden": [8], "n_inputs": 4, "n_classes": 2, "epochs_per_slice": 1, "batch_size": 8,
               "lr": 0.01, "weight_decay": 0.0, "seed": 1, "dp": None,
               "numerics": {**dataclasses.asdict(here), "torch": "2.12.0"}}
     checks: list[dict] = []
-    _replay(Workspace(tmp_path), {"recipe": recipe, "shards": [{"index": 0}], "n_slices": 2}, 2, checks)
+    _replay(WorkspaceDir(tmp_path), {"recipe": recipe, "shards": [{"index": 0}], "n_slices": 2}, 2, checks)
     assert [c["check"] for c in checks] == ["replay"] and checks[0]["ok"] is None
     assert checks[0]["detail"].startswith("cannot replay here: torch version 2.12.0 recorded")

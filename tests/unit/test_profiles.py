@@ -6,7 +6,7 @@ import pytest
 from oblivio.flows.prefect_api import free_port
 from oblivio.errors import BackendError, ConfigError
 from oblivio.profiles import Production, load_backends
-from oblivio.workspace import Workspace, init_workspace
+from oblivio.workspace import WorkspaceDir, init_workspace
 
 
 def production(**changes) -> Production:
@@ -21,7 +21,7 @@ def test_production_profile_points_every_file_at_the_servers(tmp_path, monkeypat
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     prod = production()
     ws = init_workspace(tmp_path / "team", profile="production", production=prod)
-    cfg = Workspace(ws.root).mlflow
+    cfg = WorkspaceDir(ws.root).mlflow
     assert cfg.remote and cfg.tracking_uri == prod.mlflow_uri and cfg.artifact_location == ""
     assert cfg.gc_backend_store_uri == prod.mlflow_database
     assert cfg.experiment == cfg.model_name == "oblivio-team"
@@ -29,10 +29,10 @@ def test_production_profile_points_every_file_at_the_servers(tmp_path, monkeypat
     assert "remote = store" in dvc and "url = s3://bucket/oblivio" in dvc and prod.s3_endpoint in dvc
     assert "dvc-remote" not in dvc, "the embedded profile's local remote is gone"
     assert load_backends(ws.root).prefect_api == prod.prefect_api
-    assert Workspace(ws.root).environment()["PREFECT_API_URL"] == prod.prefect_api
+    assert WorkspaceDir(ws.root).environment()["PREFECT_API_URL"] == prod.prefect_api
     monkeypatch.setenv("PREFECT_API_URL", "http://elsewhere:4200/api")
-    assert "PREFECT_API_URL" not in Workspace(ws.root).environment(), "the environment overrides the file"
-    ex = Workspace(ws.root).params.executor
+    assert "PREFECT_API_URL" not in WorkspaceDir(ws.root).environment(), "the environment overrides the file"
+    ex = WorkspaceDir(ws.root).params.executor
     assert ex.kind == "dask" and ex.dask_address == prod.dask_address
 
 
@@ -58,7 +58,7 @@ def test_unknown_keys_in_backends_yaml_are_refused(tmp_path):
 def test_a_command_names_every_backend_that_does_not_answer(tmp_path):
     from oblivio.doctor import require_reachable, run_checks
 
-    ws = Workspace(init_workspace(tmp_path / "team", profile="production", production=production()).root)
+    ws = WorkspaceDir(init_workspace(tmp_path / "team", profile="production", production=production()).root)
     down = {c["backend"] for c in run_checks(ws, cheap=True) if not c["ok"]}
     assert down == {"mlflow tracking server", "dvc remote", "prefect server", "dask cluster"}
     with pytest.raises(BackendError, match="the mlflow tracking server does not answer") as err:
@@ -69,6 +69,6 @@ def test_a_command_names_every_backend_that_does_not_answer(tmp_path):
 def test_the_embedded_profile_checks_nothing_remote(tmp_path):
     from oblivio.doctor import run_checks
 
-    ws = Workspace(init_workspace(tmp_path / "solo").root)
+    ws = WorkspaceDir(init_workspace(tmp_path / "solo").root)
     assert run_checks(ws, cheap=True) == []
     assert all(c["ok"] and c["detail"].startswith("embedded") for c in run_checks(ws))

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from oblivio import pipeline
+from oblivio import ingestion
 from oblivio.data.sharding import Layout, place, write_dataset
 from oblivio.keys import record_key, subject_key
 from oblivio.data.sources import load_source
 from oblivio.data.validate import numpy_numeric
 from oblivio.errors import ValidationFailed
-from oblivio.workspace import Workspace
+from oblivio.workspace import WorkspaceDir
 
 SECRET = "5eed" * 16
 DUP_ID = "dup-ZZT-441"
@@ -75,13 +75,13 @@ def leftovers(root: Path) -> list[str]:
 
 def whole_table_ingest(root: Path, erased: tuple[frozenset[str], frozenset[str]]) -> None:
     """What ingest did before it streamed: the whole table in one frame, placed and written at once."""
-    ws = Workspace(root)
+    ws = WorkspaceDir(root)
     data = ws.params.data
     cols = data.columns
     df = numpy_numeric(load_source(data.source, ws.root), cols.features)
     if data.limit_subjects:
-        df = pipeline.limit_subjects(df, cols.subject_id, data.limit_subjects, ws.secret)
-    df, _ = pipeline.drop_tombstoned(df, ws, subjects=erased[0], records=erased[1])
+        df = ingestion.limit_subjects(df, cols.subject_id, data.limit_subjects, ws.secret)
+    df, _ = ingestion.drop_tombstoned(df, ws, subjects=erased[0], records=erased[1])
     keep = [cols.record_id, cols.subject_id, cols.label, *cols.features]
     train, holdout = place(df[keep], cols, ws.secret, shards=ws.params.sisa.shards, slices=ws.params.sisa.slices,
                            holdout_fraction=data.holdout_fraction)
@@ -96,11 +96,11 @@ def test_tiny_batches_write_the_bytes_of_the_whole_table(tmp_path, monkeypatch, 
     secret = bytes.fromhex(SECRET)
     erased = (frozenset({subject_key(secret, str(frame["person"].iloc[5]))}),
               frozenset({record_key(secret, frame["rid"].iloc[400])}))
-    monkeypatch.setattr(pipeline, "tombstones", lambda ws: erased)
+    monkeypatch.setattr(ingestion, "tombstones", lambda ws: erased)
     roots = {name: workspace(tmp_path / name, frame, suffix, limit_subjects=limit) for name in ("tiny", "one", "whole")}
 
-    tiny = pipeline.ingest(roots["tiny"], batch_rows=41)
-    one = pipeline.ingest(roots["one"], batch_rows=10**6)
+    tiny = ingestion.ingest(roots["tiny"], batch_rows=41)
+    one = ingestion.ingest(roots["one"], batch_rows=10**6)
     whole_table_ingest(roots["whole"], erased)
 
     assert tiny == one
@@ -116,7 +116,7 @@ def test_a_duplicate_id_in_two_batches_is_rejected_and_nothing_is_written(tmp_pa
     frame.loc[[10, 290], "rid"] = DUP_ID  # batches 0 and 5 of 50 rows
     root = workspace(tmp_path / "ws", frame)
     with pytest.raises(ValidationFailed) as exc:
-        pipeline.ingest(root, batch_rows=50)
+        ingestion.ingest(root, batch_rows=50)
     msg = str(exc.value)
     assert "1 of 12 expectations not met" in msg
     assert "expect_column_values_to_be_unique on rid: 2 unexpected value(s) (0.67 %)" in msg
@@ -128,12 +128,12 @@ def test_a_duplicate_id_in_two_batches_is_rejected_and_nothing_is_written(tmp_pa
 def test_a_bad_value_in_the_last_batch_leaves_the_old_dataset_whole(tmp_path) -> None:
     frame = table(300)
     root = workspace(tmp_path / "ws", frame)
-    pipeline.ingest(root, batch_rows=50)
+    ingestion.ingest(root, batch_rows=50)
     before = digests(root)
     frame.loc[299, "y"] = 7
     frame.to_csv(root / "table.csv", index=False)
     with pytest.raises(ValidationFailed, match=r"expect_column_values_to_be_in_set on y: 1 unexpected value\(s\)"):
-        pipeline.ingest(root, batch_rows=50)
+        ingestion.ingest(root, batch_rows=50)
     assert digests(root) == before
     assert leftovers(root) == []
 
@@ -141,19 +141,19 @@ def test_a_bad_value_in_the_last_batch_leaves_the_old_dataset_whole(tmp_path) ->
 def test_the_null_share_is_judged_over_the_whole_table_not_per_batch(tmp_path) -> None:
     frame = table(300).assign(a=lambda f: f["a"].where(f.index >= 60))  # batch 0 all null; 60 / 300 = 20 %
     root = workspace(tmp_path / "ws", frame, max_null_fraction=0.2)
-    summary = pipeline.ingest(root, batch_rows=50)["validation"]
+    summary = ingestion.ingest(root, batch_rows=50)["validation"]
     assert (summary["evaluated"], summary["passed"]) == (12, 12)
     assert summary["null_fraction"]["a"] == 0.2  # judged, and reported, over the whole table
     frame.loc[60, "a"] = np.nan
     frame.to_csv(root / "table.csv", index=False)
     with pytest.raises(ValidationFailed, match=r"not_be_null on a: 61 unexpected value\(s\) \(20.33 %\)"):
-        pipeline.ingest(root, batch_rows=50)
+        ingestion.ingest(root, batch_rows=50)
 
 
 def peak_python_bytes(root: Path, batch_rows: int) -> int:
     tracemalloc.start()
     try:
-        pipeline.ingest(root, batch_rows=batch_rows)
+        ingestion.ingest(root, batch_rows=batch_rows)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -167,7 +167,7 @@ def test_peak_memory_follows_the_shard_not_the_table(tmp_path) -> None:
     uniqueness check keeps.
     """
     warm = workspace(tmp_path / "warm", table(300), ".parquet")
-    pipeline.ingest(warm, batch_rows=100)  # imports and first-use caches are not the table's
+    ingestion.ingest(warm, batch_rows=100)  # imports and first-use caches are not the table's
     small = workspace(tmp_path / "small", table(10_000, wide=4), ".parquet", shards=2, holdout_fraction=0.02)
     big = workspace(tmp_path / "big", table(80_000, seed=1, wide=4), ".parquet", shards=16, holdout_fraction=0.02)
     small_peak, big_peak = peak_python_bytes(small, 10_000), peak_python_bytes(big, 10_000)
@@ -180,5 +180,5 @@ def test_spill_and_staging_left_by_a_killed_ingest_are_swept_by_the_next(tmp_pat
     for stale in (root / ".oblivio" / "spill-killed" / "shard=0", root / "data" / ".staging-killed" / "shards"):
         stale.mkdir(parents=True)
         (stale / "0.pkl").write_bytes(b"rows of real people")
-    pipeline.ingest(root, batch_rows=50)
+    ingestion.ingest(root, batch_rows=50)
     assert leftovers(root) == []
