@@ -14,6 +14,7 @@ def deletion_pipeline(root: str, n_shards: int, trigger: str = "manual") -> dict
     began = time.perf_counter()
     batch = d.plan(root)
     if not batch["requests"]:
+        d.send_callbacks(root)  # the batch may have rejected requests that asked to be told
         return {"status": "nothing to do", "request_ids": [], "rejected": batch["rejected"],
                 "seconds": time.perf_counter() - began}
     applied = d.apply(root, batch)
@@ -29,6 +30,7 @@ def deletion_pipeline(root: str, n_shards: int, trigger: str = "manual") -> dict
                                    "requests": batch["requests"]})
     promoted = t.promote(root, registered)
     finished = d.finish(root, batch, registered, promoted, shards, applied)
+    sent = d.send_callbacks(root)
     retrained = [s for s in shards if s["slices_trained"]]
     return {"status": "promoted" if promoted["promoted"] else "applied", "request_ids": batch["requests"],
             "rejected": batch["rejected"], "route": batch["route"], "records_removed": batch["records_removed"],
@@ -37,4 +39,4 @@ def deletion_pipeline(root: str, n_shards: int, trigger: str = "manual") -> dict
             "model_version": registered["model_version"], "promoted": promoted["promoted"],
             "aliases": promoted["aliases"], "decision": promoted["decision"], "metrics": metrics,
             "gates": registered["gates"], "certificate": finished["certificates"], "purge": finished["purge"],
-            "dataset_version": registered["dataset_version"], "seconds": time.perf_counter() - began}
+            "dataset_version": registered["dataset_version"], "callbacks": sent, "seconds": time.perf_counter() - began}

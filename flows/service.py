@@ -66,7 +66,7 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
             deletions = WarmDeletions(root, deletion.apply(), flow)
             warm_up(ws)
             deletions.start()
-            watch = OverdueWatch(ws, api_url)
+            watch = RequestWatch(ws, api_url)
             watch.start()
             state = {"api_url": api_url, "pid": os.getpid()}
             if intake is not None:
@@ -92,19 +92,21 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
                 deletions.stop()
 
 
-class OverdueWatch:
-    """Every `interval` seconds: an `oblivio.request.overdue` event for each request newly past its due date.
+class RequestWatch:
+    """The ledger's clock in `serve`: completion callbacks due (every `tick` seconds: a receiver
+    hears within seconds, and a failed send is retried on its backoff) and an
+    `oblivio.request.overdue` event for each request newly past its due date (every `overdue_every`).
 
-    Announced ids are kept in `.oblivio/overdue-announced.json`, so a restart does not repeat them.
+    Announced overdue ids are kept in `.oblivio/overdue-announced.json`, so a restart does not repeat them.
     """
 
-    def __init__(self, ws, api_url: str, *, interval: float = 60.0):
+    def __init__(self, ws, api_url: str, *, tick: float = 2.0, overdue_every: float = 60.0):
         import threading
 
-        self.ws, self.api_url, self.interval = ws, api_url, interval
+        self.ws, self.api_url, self.tick, self.overdue_every = ws, api_url, tick, overdue_every
         self.path = ws.state_dir / "overdue-announced.json"
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="oblivio-overdue-watch", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name="oblivio-request-watch", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -114,7 +116,7 @@ class OverdueWatch:
         self.thread.join(5)
 
     def check(self) -> list[str]:
-        """One pass; returns the ids announced now."""
+        """One overdue pass; returns the ids announced now."""
         from oblivio import deadlines
         from oblivio.flows.events import announce_overdue
         from oblivio.ledger import Ledger
@@ -136,12 +138,20 @@ class OverdueWatch:
         return [r.id for r in late]
 
     def _loop(self) -> None:
+        import time
+
+        from oblivio import callbacks
+
+        last_overdue = float("-inf")
         while not self.stopping.is_set():
             try:
-                self.check()
+                callbacks.deliver_due(self.ws)
+                if time.monotonic() - last_overdue >= self.overdue_every:
+                    last_overdue = time.monotonic()
+                    self.check()
             except Exception as err:  # the server restarting must not end the watch
-                print(f"oblivio serve: overdue watch: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-            self.stopping.wait(self.interval)
+                print(f"oblivio serve: request watch: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            self.stopping.wait(self.tick)
 
 
 def serving_api(state_file: Path) -> str | None:

@@ -28,3 +28,13 @@ def finish(root: str, batch: dict, registered: dict, promoted: dict, shards: lis
     running = flow_run.id
     return erasure.finish(Path(root), batch=batch, registered=registered, promoted=promoted, shards=shards,
                           applied=applied, history=lambda: purge_flow_runs(root, keep=running))
+
+
+@task(name="send-callbacks", cache_policy=NO_CACHE)
+def send_callbacks(root: str) -> dict:
+    """The batch's completion callbacks; a receiver's failure is retried later and never fails the flow."""
+    from oblivio import callbacks
+    from oblivio.workspace import WorkspaceDir
+
+    report = callbacks.deliver_due(WorkspaceDir(Path(root)))
+    return {"delivered": report.delivered, "retrying": report.retrying, "abandoned": report.abandoned}

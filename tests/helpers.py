@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +156,33 @@ def string_workspace(root: Path, table: pd.DataFrame | None = None, suffix: str 
                     # a few more steps than FAST: with ~75 rows a slice, 2 epochs leave shards near chance
                     "train": {**FAST["train"], "epochs_per_slice": 8}, **extra})
     return ws
+
+
+class CallbackReceiver:
+    """An HTTP endpoint on loopback that fails the first `fail` POSTs with a 503, then answers 204."""
+
+    def __init__(self, fail: int = 0):
+        self.fail, self.received = fail, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.received.append((body, dict(self.headers)))
+                self.send_response(503 if len(outer.received) <= outer.fail else 204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/erasure"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

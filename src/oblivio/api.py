@@ -27,8 +27,8 @@ from oblivio import deadlines
 from oblivio.config import CHOICES
 from oblivio.errors import OblivioError, RequestError
 from oblivio.results import (
-    ApproveResult, Result, InitResult, ProcessResult, RequestResult, RequestsResult, ReviewResult, RunResult, ScenarioResult,
-    VerifyResult,
+    ApproveResult, CertificateResult, DeployResult, DoctorResult, DpAuditResult, InitResult, NumericsResult,
+    ProcessResult, RequestResult, RequestsResult, Result, ReviewResult, RunResult, ScenarioResult, VerifyResult,
 )
 from oblivio.workspace import WorkspaceDir
 
@@ -62,11 +62,29 @@ class Workspace:
         return cls(layout, progress=progress)
 
     @classmethod
-    def init(cls, directory: str | os.PathLike, *, source: str | None = None) -> InitResult:
-        """Create a workspace: config files, git and DVC repositories, secret, intake token."""
+    def init(cls, directory: str | os.PathLike, *, source: str | None = None, profile: str = "embedded",
+             production=None, from_table: str | os.PathLike | None = None, subject_id: str | None = None,
+             label: str | None = None, record_id: str | None = None,
+             progress: Progress = _silent) -> InitResult:
+        """Create a workspace: config files, git and DVC repositories, secret, intake token.
+
+        `profile="production"` points it at the servers in `production` (oblivio.profiles.Production);
+        `from_table` writes params.yaml from a table's schema (oblivio.data.schema_inference).
+        """
         from oblivio.workspace import init_workspace
 
-        return InitResult(workspace=str(init_workspace(Path(directory), source=source).root))
+        if from_table is not None and profile != "embedded":
+            raise OblivioError("--from-table and --profile production do not combine yet: init --from-table, then "
+                               "point that workspace at the servers by hand (see README, The production profile).")
+        if from_table is not None:
+            from oblivio.data.schema_inference import init_from_table
+
+            ws, told = init_from_table(Path(directory), Path(from_table), subject_id=subject_id, label=label,
+                                       record_id=record_id)
+            progress(told)
+        else:
+            ws = init_workspace(Path(directory), source=source, profile=profile, production=production)
+        return InitResult(workspace=str(ws.root))
 
     @property
     def root(self) -> Path:
@@ -83,6 +101,9 @@ class Workspace:
         began = time.perf_counter()
         ws = self.layout
         runner = self._runner(executor, workers, dask_address)
+        from oblivio.doctor import require_reachable
+
+        require_reachable(ws, "run")  # a backend that is down: one message, nothing written
         from oblivio.flows.prefect_api import prefect_api
 
         with ws.exclusive("run"), prefect_api() as ready:  # the server boots while the stack imports
@@ -100,23 +121,29 @@ class Workspace:
     # --- deletion requests -----------------------------------------------
     @overload
     def forget(self, *, subjects: Iterable[str] = ..., records: Iterable[str] = ..., kind: str = ...,
-               reason: str = ..., wait: Literal[False] = ..., **executor) -> RequestResult: ...
+               reason: str = ..., wait: Literal[False] = ..., callback_url: str | None = ...,
+               **executor) -> RequestResult: ...
 
     @overload
     def forget(self, *, subjects: Iterable[str] = ..., records: Iterable[str] = ..., kind: str = ...,
-               reason: str = ..., wait: Literal[True], **executor) -> ProcessResult: ...
+               reason: str = ..., wait: Literal[True], callback_url: str | None = ...,
+               **executor) -> ProcessResult: ...
 
     def forget(self, *, subjects: Iterable[str] = (), records: Iterable[str] = (), kind: str = "erasure",
-               reason: str = "", wait: bool = False, executor: str | None = None, workers: int | None = None,
-               dask_address: str | None = None) -> RequestResult | ProcessResult:
+               reason: str = "", wait: bool = False, callback_url: str | None = None, executor: str | None = None,
+               workers: int | None = None, dask_address: str | None = None) -> RequestResult | ProcessResult:
         """Record a deletion request durably; with `wait`, also process it and return the batch's result.
+
+        `callback_url` (a host in `requests.callback_hosts`) is POSTed a signed summary when the
+        request is promoted, rejected or failed (oblivio.callbacks).
 
         Raises RequestRejected (recorded as rejected, nothing else changed) when its ids
         match no record; with `wait`, OblivioError when processing failed (it is retried later).
         """
         began = time.perf_counter()
         runner = self._runner(executor, workers, dask_address, default_kind="thread") if wait else None
-        recorded = self.submit(subjects=subjects, records=records, kind=kind, reason=reason)
+        recorded = self.submit(subjects=subjects, records=records, kind=kind, reason=reason,
+                               callback_url=callback_url)
         if not wait:
             return recorded
         request_id = recorded.request_id
@@ -134,18 +161,24 @@ class Workspace:
         return ProcessResult.from_dict(result)
 
     def submit(self, *, subjects: Iterable[str] = (), records: Iterable[str] = (), kind: str = "erasure",
-               reason: str = "", idempotency: tuple[str, str] | None = None, announce: bool = True
-               ) -> RequestResult:
+               reason: str = "", idempotency: tuple[str, str] | None = None, announce: bool = True,
+               callback_url: str | None = None) -> RequestResult:
         """Record one request (hash, commit, precheck) and tell a running `serve`; no processing here."""
         from oblivio import intake
+        from oblivio.errors import RequestRejected
 
         if kind not in ("erasure", "corrective"):
             raise RequestError(f"kind must be 'erasure' or 'corrective', got {kind!r}.")
         if not isinstance(reason, str):
             raise RequestError("reason must be text.")
-        request, created = intake.record(self.layout, subjects=_ids(subjects, "subjects"),
-                                         records=_ids(records, "records"), kind=kind, reason=reason,
-                                         idempotency=idempotency)
+        try:
+            request, created = intake.record(self.layout, subjects=_ids(subjects, "subjects"),
+                                             records=_ids(records, "records"), kind=kind, reason=reason,
+                                             idempotency=idempotency, callback_url=callback_url)
+        except RequestRejected:
+            if callback_url:  # the requester hears of the refusal too
+                self.deliver_callbacks()
+            raise
         announced = bool(announce and created and self._announce(request.id))
         return self._recorded(request, created, announced)
 
@@ -193,21 +226,24 @@ class Workspace:
         return RequestsResult(requests=out)
 
     def request(self, request_id: str, *, now: datetime | None = None) -> dict:
-        """One request as `requests()` lists it, plus its certificate's summary (hashes and counts only)."""
-        from oblivio.ledger import Ledger
+        """One request as `requests()` lists it, plus its certificate's summary (hashes and counts only)
+        and its callbacks' deliveries."""
+        from oblivio.ledger import Ledger, certificate_summary
 
         ledger = Ledger(self.layout.ledger_path)
         try:
             r = ledger.get(request_id)
             cert = ledger.certificate(request_id)
+            deliveries = ledger.callbacks_of(request_id)
         finally:
             ledger.close()
         days = self.layout.params.requests.deadline_days
         row = {**r.to_json(), "due": self._due(r.created_at),
                "overdue": deadlines.is_overdue(r.status, r.created_at, days, now or deadlines.now())}
         if cert and "certified_at" in cert:
-            row["certificate"] = {k: cert.get(k) for k in ("route", "records_removed", "model_version", "promoted",
-                                                          "promotion", "data_version_after", "certified_at")}
+            row["certificate"] = certificate_summary(cert)
+        if deliveries:
+            row["callbacks"] = deliveries
         return row
 
     # --- checks and promotion --------------------------------------------
@@ -303,6 +339,83 @@ class Workspace:
         return Result(details={"shards": [{k: s[k] for k in ("index", "weights_sha256", "slices_trained")}
                                           for s in shards]})
 
+    def audit_dp(self, *, canaries: int = 1000, seed: int = 0, keep: str | os.PathLike | None = None,
+                 executor: str | None = None, workers: int | None = None,
+                 dask_address: str | None = None) -> DpAuditResult:
+        """One-run DP audit (Steinke, Nasr, Jagielski 2023) on scratch copies: canaries, each included with
+        probability 1/2, trained with and without DP; epsilon's empirical lower bound from each run.
+
+        Raises IntegrityError when the bound exceeds the accounted epsilon (a bug in accounting or training);
+        the result is logged on the candidate version first."""
+        import shutil
+        import tempfile
+
+        from oblivio import dp_audit
+
+        dp_audit.require_canaries(canaries)
+        runner = self._runner(executor, workers, dask_address)
+        ws = self.layout
+        scratch = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="oblivio-audit-dp-"))
+        began = time.perf_counter()
+        user_mlflow = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        try:
+            table = dp_audit.source_table(ws.root)
+            runs = {"private": True, "non_private": False} if ws.params.dp.enabled else {"non_private": False}
+            secret, marked, included, bounds = dp_audit.scratch_secret(ws.secret, seed), None, None, {}
+            for name, dp_on in runs.items():
+                sc = dp_audit.scratch_workspace(ws, scratch / name, secret=secret, dp_enabled=dp_on)
+                if marked is None:
+                    marked, included = dp_audit.make_canaries(table, scratch=sc, m=canaries,
+                                                              seed=dp_audit.seeds(ws.secret, seed))
+                    dp_audit.with_canaries(table, marked, included).to_parquet(scratch / "table.parquet", index=False)
+                self.progress(f"audit-dp: {len(marked)} canaries ({int(included.sum())} included); training "
+                              f"{'with' if dp_on else 'without'} DP")
+                _flow_in(sc, runner, "training")
+                bounds[name] = dp_audit.audit(sc.root, marked, included, delta=ws.params.dp.delta)
+                if dp_on:
+                    bounds[name]["unit"], bounds[name]["epsilon"] = dp_audit.epsilon_of_run(sc.root)
+        finally:
+            if not keep:
+                shutil.rmtree(scratch, ignore_errors=True)
+            for name, value in user_mlflow.items():  # MLflow exported the scratch runs' URIs
+                os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+        private = bounds.get("private")
+        result = {**(private or bounds["non_private"]), "dp_enabled": private is not None,
+                  "non_private_epsilon_lower": bounds["non_private"]["epsilon_lower"], "runs": bounds,
+                  "seconds": time.perf_counter() - began}
+        result.setdefault("unit", None)
+        result.setdefault("epsilon", None)
+        result["ok"] = private is None or private["epsilon_lower"] <= private["epsilon"]
+        result["model_version"] = dp_audit.record(ws.root, result) if private else None
+        dp_audit.require_sound(result)
+        return DpAuditResult.from_dict(result)
+
+    def doctor(self) -> DoctorResult:
+        """Each configured backend: reachable, credentials, the rights the purge needs."""
+        from oblivio.doctor import run_checks
+
+        checks = run_checks(self.layout)
+        return DoctorResult(ok=all(c["ok"] for c in checks), checks=checks)
+
+    def deploy(self, *, work_pool: str) -> DeployResult:
+        """The scheduled pipeline on a process work pool, run by `prefect worker` (not by `serve`)."""
+        if not isinstance(work_pool, str) or not work_pool.strip():
+            raise OblivioError("deploy needs the name of a Prefect work pool (--work-pool NAME).")
+        if not os.environ.get("PREFECT_API_URL"):
+            raise OblivioError("deploy needs a Prefect server that outlives this command: set PREFECT_API_URL or "
+                               "`oblivio init --profile production --prefect-api URL`.")
+        from oblivio.flows.prefect_api import prefect_api
+
+        ws = self.layout
+        schedule = ws.params.schedule
+        with prefect_api() as ready:
+            from oblivio.flows.deployments import deploy_to_work_pool
+
+            ready()
+            deployed = deploy_to_work_pool(str(ws.root), n_shards=ws.params.sisa.shards, cron=schedule.cron,
+                                           timezone=schedule.timezone, work_pool=work_pool)
+        return DeployResult(**deployed, cron=schedule.cron)
+
     # --- serving -----------------------------------------------------------
     def serve(self, *, host: str = "127.0.0.1", port: int = 4200, intake_port: int = 0, allow_remote: bool = False,
               ready: Callable[[str, list[str], str], None] | None = None) -> None:
@@ -369,12 +482,22 @@ class Workspace:
                 return flow(str(ws.root), ws.params.sisa.shards, trigger=trigger)
             except Exception as err:
                 erasure.record_failure(ws, err)
+                self.deliver_callbacks()
                 if isinstance(err, OblivioError):
                     raise
                 from oblivio.errors import BackendError  # a backend failed mid-batch: nothing is lost, say so
 
                 raise BackendError(f"the deletion batch stopped ({type(err).__name__}: {str(err)[:300]}); its "
                                    "requests stay in the ledger and the next `oblivio process` retries them") from err
+
+    def deliver_callbacks(self) -> None:
+        """Send the completion callbacks that are due; a receiver's failure is retried later, never raised."""
+        from oblivio import callbacks
+
+        report = callbacks.deliver_due(self.layout)
+        if report.retrying or report.abandoned:
+            self.progress(f"callbacks: {report.delivered} delivered, {report.retrying} to retry, "
+                          f"{report.abandoned} abandoned (see `oblivio requests --json`)")
 
     def _wait_for_serve(self, request_id: str) -> dict | None:
         """With `oblivio serve` running, its warm process does the work: announce and wait.
@@ -408,6 +531,29 @@ class Workspace:
 
         announce_request(api_url, str(self.root), request_id)
         return True
+
+
+def numerics_report(mode: str | None = None) -> NumericsResult:
+    """This machine's numerics, whether it can honour `mode` (default: the pinned one), and the
+    variables a worker must set for it. Needs no workspace."""
+    from oblivio import numerics
+
+    mode = mode or numerics.requested_mode()
+    if mode not in CHOICES["train.numerics"]:
+        raise OblivioError(f"numerics mode must be one of {', '.join(CHOICES['train.numerics'])}, got {mode!r}.")
+    here = numerics.current(mode)
+    problems = numerics.machine_problems(mode)
+    return NumericsResult.from_dict({**here.to_json(), "mode": mode, "description": here.describe(), "can_honour": not problems,
+                                     "problems": problems, "environment": numerics.environment(mode)})
+
+
+def verify_certificate(path: str | os.PathLike, *, public_key: str | os.PathLike) -> CertificateResult:
+    """A deletion certificate's signature and internal consistency, offline: no workspace, no secret."""
+    from oblivio import signing
+
+    cert = signing.read_certificate(Path(path))
+    checks = signing.verify_certificate(cert, signing.read_public_key(Path(public_key)))
+    return CertificateResult(ok=all(c["ok"] for c in checks), request_id=cert.get("request_id"), checks=checks)
 
 
 def check_dask_address(address: str, *, timeout: float = 3.0) -> None:

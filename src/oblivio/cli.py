@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 from oblivio.errors import OblivioError
@@ -19,8 +18,7 @@ from oblivio.errors import OblivioError
 
 def _emit(result, as_json: bool, human: str) -> None:
     if as_json:
-        data = result if isinstance(result, dict) else result.to_dict()  # the API's results, or a face's own dict
-        print(json.dumps(data, indent=1, sort_keys=True, default=str))
+        print(json.dumps(result.to_dict(), indent=1, sort_keys=True, default=str))
     else:
         print(human)
 
@@ -40,35 +38,21 @@ def _executor(args) -> dict:
 
 
 def cmd_init(args) -> int:
+    from oblivio.api import Workspace
     from oblivio.profiles import Production
-    from oblivio.results import InitResult
-    from oblivio.workspace import init_workspace
 
-    if args.from_table and args.profile != "embedded":
-        raise OblivioError("--from-table and --profile production do not combine yet: init --from-table, then "
-                           "point that workspace at the servers by hand (see README, The production profile).")
-    if args.from_table:
-        from oblivio.data.schema_inference import init_from_table
-
-        ws, told = init_from_table(Path(args.directory), Path(args.from_table), subject_id=args.subject_id,
-                                   label=args.label, record_id=args.record_id)
-        print(told, file=sys.stderr)
-        result = InitResult(workspace=str(ws.root))
-    else:
-        production = Production(args.mlflow_uri or "", args.mlflow_database or "", args.dvc_remote or "",
-                                args.s3_endpoint or "", args.prefect_api or "", args.dask_address or "")
-        ws = init_workspace(Path(args.directory), source=args.source, profile=args.profile, production=production)
-        result = InitResult(workspace=str(ws.root))
+    production = Production(args.mlflow_uri or "", args.mlflow_database or "", args.dvc_remote or "",
+                            args.s3_endpoint or "", args.prefect_api or "", args.dask_address or "")
+    result = Workspace.init(Path(args.directory), source=args.source, profile=args.profile, production=production,
+                            from_table=args.from_table, subject_id=args.subject_id, label=args.label,
+                            record_id=args.record_id, progress=_progress)
     _emit(result, args.json, f"Created an Oblivio workspace in {result.workspace}.\n"
                              f"Next: cd {args.directory} && oblivio run")
     return 0
 
 
 def cmd_run(args) -> int:
-    from oblivio.doctor import require_reachable
     from oblivio.report import render_run_summary
-
-    require_reachable(_open(args).layout, "run")
 
     result = _open(args).run(from_scratch=args.from_scratch, baseline=False if args.no_baseline else None,
                              reslice=args.reslice, trigger=args.trigger, **_executor(args))
@@ -102,14 +86,15 @@ def cmd_forget(args) -> int:
         raise RequestError("Nothing to forget: give --subject, --record, --from-file or --records-from-file.")
     ws = _open(args)
     if not args.wait:
-        result = ws.forget(subjects=subjects, records=records, kind=args.kind, reason=args.reason or "")
+        result = ws.forget(subjects=subjects, records=records, kind=args.kind, reason=args.reason or "",
+                           callback_url=args.callback_url)
         note = "recorded" if result.created else f"already recorded ({result.status})"
         follow = ("the running `oblivio serve` was notified" if result.announced
                   else "`oblivio process` (or a running `oblivio serve`) will apply it")
         _emit(result, args.json, f"{result.request_id} {note} (due {result.due[:10]}); {follow}")
         return 0
     result = ws.forget(subjects=subjects, records=records, kind=args.kind, reason=args.reason or "", wait=True,
-                       **_executor(args))
+                       callback_url=args.callback_url, **_executor(args))
     _emit(result, args.json, _process_summary(result.to_dict()))
     return 0
 
@@ -134,21 +119,9 @@ def cmd_serve(args) -> int:
 
 def cmd_deploy(args) -> int:
     """The scheduled pipeline on a process work pool, run by `prefect worker` (not by `serve`)."""
-    ws = _workspace(args)
-    from oblivio.flows.prefect_api import prefect_api
-
-    if not os.environ.get("PREFECT_API_URL"):
-        raise OblivioError("deploy needs a Prefect server that outlives this command: set PREFECT_API_URL or "
-                           "`oblivio init --profile production --prefect-api URL`.")
-    with prefect_api() as ready:
-        from oblivio.flows.deployments import deploy_to_work_pool
-
-        ready()
-        schedule = ws.params.schedule
-        result = deploy_to_work_pool(str(ws.root), n_shards=ws.params.sisa.shards, cron=schedule.cron,
-                                     timezone=schedule.timezone, work_pool=args.work_pool)
-    _emit(result, args.json, f"{result['deployment']} deployed on work pool {args.work_pool} ({schedule.cron}); "
-          f"start `prefect worker start --pool {args.work_pool}` to run it")
+    result = _open(args).deploy(work_pool=args.work_pool)
+    _emit(result, args.json, f"{result.deployment} deployed on work pool {result.work_pool} ({result.cron}); "
+          f"start `prefect worker start --pool {result.work_pool}` to run it")
     return 0
 
 
@@ -214,89 +187,18 @@ def cmd_scenario(args) -> int:
 
 def cmd_audit_dp(args) -> int:
     """Canaries in a scratch copy, train with and without DP, bound epsilon from one run each."""
-    import shutil
-    import tempfile
-
-    ws = _workspace(args)
-    from oblivio import dp_audit
-
-    dp_audit.require_canaries(args.canaries)
-    scratch = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="oblivio-audit-dp-"))
-    began = time.perf_counter()
-    user_mlflow = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    try:
-        table = dp_audit.source_table(ws.root)
-        runs = {"private": True, "non_private": False} if ws.params.dp.enabled else {"non_private": False}
-        secret, canaries, included, bounds = dp_audit.scratch_secret(ws.secret, args.seed), None, None, {}
-        for name, dp_on in runs.items():
-            sc = _scratch_workspace(ws, scratch / name, secret=secret, dp_enabled=dp_on)
-            if canaries is None:
-                canaries, included = dp_audit.make_canaries(table, scratch=sc, m=args.canaries,
-                                                            seed=dp_audit.seeds(ws.secret, args.seed))
-                dp_audit.with_canaries(table, canaries, included).to_parquet(scratch / "table.parquet", index=False)
-            print(f"audit-dp: {len(canaries)} canaries ({int(included.sum())} included); training "
-                  f"{'with' if dp_on else 'without'} DP", file=sys.stderr, flush=True)
-            _flow_in(sc, args, "pipeline")
-            bounds[name] = dp_audit.audit(sc.root, canaries, included, delta=ws.params.dp.delta)
-            if dp_on:
-                bounds[name]["unit"], bounds[name]["epsilon"] = dp_audit.epsilon_of_run(sc.root)
-    finally:
-        if not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
-        for name, value in user_mlflow.items():  # MLflow exported the scratch runs' URIs
-            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
-    private = bounds.get("private")
-    result = {**(private or bounds["non_private"]), "dp_enabled": private is not None,
-              "non_private_epsilon_lower": bounds["non_private"]["epsilon_lower"], "runs": bounds,
-              "seconds": time.perf_counter() - began}
-    result.setdefault("unit", None)
-    result.setdefault("epsilon", None)
-    result["ok"] = private is None or private["epsilon_lower"] <= private["epsilon"]
-    result["model_version"] = dp_audit.record(ws.root, result) if private else None
-    human = (f"audit-dp: {result['canaries']} canaries, {result['confidence']:.0%} confidence, delta {result['delta']:g}\n"
-             + (f"with DP ({result['unit']} level): epsilon lower bound {private['epsilon_lower']:.4f} <= "
-                f"epsilon {private['epsilon']:.4f}: {'consistent' if result['ok'] else 'VIOLATED'}\n" if private else
+    result = _open(args).audit_dp(canaries=args.canaries, seed=args.seed, keep=args.keep, **_executor(args))
+    runs = result.to_dict()["runs"]
+    private = runs.get("private")
+    details = result.to_dict()
+    human = (f"audit-dp: {result.canaries} canaries, {details['confidence']:.0%} confidence, delta {details['delta']:g}\n"
+             + (f"with DP ({result.unit} level): epsilon lower bound {private['epsilon_lower']:.4f} <= "
+                f"epsilon {private['epsilon']:.4f}: consistent\n" if private else
                 "DP is off in this workspace: only the non-private audit ran\n")
-             + f"without DP: epsilon lower bound {result['non_private_epsilon_lower']:.4f}\n"
-             + f"done in {result['seconds']:.1f} s")
-    from oblivio.results import Result
-
-    _emit(Result(details=result), args.json, human)
-    dp_audit.require_sound(result)
+             + f"without DP: epsilon lower bound {result.non_private_epsilon_lower:.4f}\n"
+             + f"done in {result.seconds:.1f} s")
+    _emit(result, args.json, human)
     return 0
-
-
-def _scratch_workspace(ws, root: Path, *, secret: str, dp_enabled: bool):
-    """A fresh workspace on the scratch table, with this workspace's params (DP on or off)."""
-    import yaml
-
-    from oblivio.workspace import WorkspaceDir, init_workspace
-
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # each scratch copy tracks in its own store
-        os.environ.pop(name, None)
-    sc = init_workspace(root)
-    sc.secret_path.write_text(secret)
-    params = yaml.safe_load((ws.root / "params.yaml").read_text())
-    params["data"]["source"] = str(root.parent / "table.parquet")
-    params["data"]["limit_subjects"] = 0  # the scratch table is already the sample
-    params.setdefault("dp", {})["enabled"] = dp_enabled
-    params.setdefault("report", {})["baseline"] = False
-    (sc.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sc = WorkspaceDir(sc.root)
-    _ = sc.params
-    return sc
-
-
-def _workspace(args):
-    """The workspace's layout, for audit-dp (not yet behind the API)."""
-    return _open(args).layout
-
-
-def _flow_in(sc, args, which: str) -> dict:
-    from oblivio import api
-
-    runner = api.Workspace(sc)._runner(args.executor, args.workers, args.dask_address)
-    return api._flow_in(sc, runner, "training" if which == "pipeline" else "deletion")
 
 
 def _scenario_table(result: dict) -> str:
@@ -312,46 +214,34 @@ def _scenario_table(result: dict) -> str:
 
 def cmd_numerics(args) -> int:
     """This machine's numerics, whether it can honour the pinned mode, and the variables for workers."""
-    from oblivio import numerics
-    from oblivio.results import Result
+    from oblivio.api import numerics_report
 
-    mode = args.mode or numerics.requested_mode()
-    here = numerics.current(mode)
-    problems = numerics.machine_problems(mode)
-    result = {**here.to_json(), "can_honour": not problems, "problems": problems,
-              "environment": numerics.environment(mode)}
+    result = numerics_report(args.mode)
     if args.env:
-        print("\n".join(f"export {k}={v!r}" for k, v in result["environment"].items()))
+        print("\n".join(f"export {k}={v!r}" for k, v in result.environment.items()))
     else:
-        _emit(Result(details=result), args.json, f"{here.describe()}: " + ("can train and replay here" if not problems
-                                                             else "cannot honour it here: " + "; ".join(problems)))
-    return 0 if not problems else 4
+        _emit(result, args.json, f"{result.description}: " + ("can train and replay here" if result.can_honour
+                                                              else "cannot honour it here: "
+                                                              + "; ".join(result.problems)))
+    return 0 if result.can_honour else 4
 
 
 def cmd_verify_certificate(args) -> int:
     """Check a deletion certificate offline: no workspace, no secret, only the public key."""
-    from oblivio import signing
-    from oblivio.results import Result
+    from oblivio.api import verify_certificate
 
-    cert = signing.read_certificate(Path(args.file))
-    checks = signing.verify_certificate(cert, signing.read_public_key(Path(args.public_key)))
-    ok = all(c["ok"] for c in checks)
-    human = "\n".join(f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" for c in checks)
-    _emit(Result(details={"ok": ok, "request_id": cert.get("request_id"), "checks": checks}), args.json,
-          human + f"\n{'certificate verified' if ok else 'CERTIFICATE NOT VERIFIED'}")
-    return 0 if ok else 3
+    result = verify_certificate(args.file, public_key=args.public_key)
+    human = "\n".join(f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" for c in result.checks)
+    _emit(result, args.json, human + f"\n{'certificate verified' if result.ok else 'CERTIFICATE NOT VERIFIED'}")
+    return 0 if result.ok else 3
 
 
 def cmd_doctor(args) -> int:
     """Each configured backend, one line: reachable, credentials, the rights the purge needs."""
-    ws = _workspace(args)
-    from oblivio.doctor import run_checks
-
-    checks = run_checks(ws)
-    ok = all(c["ok"] for c in checks)
-    _emit({"ok": ok, "checks": checks}, args.json,
-          "\n".join(f"{'ok  ' if c['ok'] else 'FAIL'} {c['backend']}: {c['detail']}" for c in checks))
-    return 0 if ok else 5
+    result = _open(args).doctor()
+    _emit(result, args.json,
+          "\n".join(f"{'ok  ' if c['ok'] else 'FAIL'} {c['backend']}: {c['detail']}" for c in result.checks))
+    return 0 if result.ok else 5
 
 
 def cmd_stage(args) -> int:
@@ -440,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "shard model with the flagged records, SSD)")
     p.add_argument("--reason", help="free text kept with the request (no personal data, please)")
     p.add_argument("--wait", action="store_true", help="process pending requests now and wait for the result")
+    p.add_argument("--callback-url", metavar="URL", help="POSTed a signed summary when the request settles "
+                   "(its host must be in params.yaml requests.callback_hosts)")
     _add_executor_options(p)
 
     p = command("process", cmd_process, "apply every pending request in one batch (each shard retrained once)")
@@ -520,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"oblivio {args.command}: interrupted; run it again to resume from the last checkpoint.",
               file=sys.stderr)
         return 130
+    except Exception as err:  # not the user's mistake: one message, the traceback only on request
+        if os.environ.get("OBLIVIO_DEBUG"):
+            raise
+        print(f"oblivio {args.command}: internal error ({type(err).__name__}: {str(err)[:300]}). This is a bug, "
+              "not your input; rerun with OBLIVIO_DEBUG=1 for the traceback and report it.", file=sys.stderr)
+        return 70  # EX_SOFTWARE
 
 
 def entry() -> None:

@@ -97,7 +97,7 @@ class DpParams:
 
 @dataclass(frozen=True)
 class GateParams:
-    min_accuracy: float = 0.5
+    min_accuracy: float = 0.6
     max_accuracy_regression: float = 0.01  # vs the current champion, absolute
     max_mia_auc: float = 0.75  # worst membership-inference AUC (ensemble and every shard model)
     max_mia_tpr_at_1pct_fpr: float = 0.1  # worst attack TPR at 1 % FPR
@@ -133,6 +133,9 @@ class ScheduleParams:
 @dataclass(frozen=True)
 class RequestsParams:
     deadline_days: int = 30  # a request is due this many days after it is recorded (GDPR art. 12(3): one month)
+    callback_hosts: tuple[str, ...] = ()  # hosts a request's callback_url may name; empty: callbacks off
+    callback_attempts: int = 6  # sends of one callback before it is abandoned
+    callback_backoff_seconds: float = 5.0  # wait after the first failed send; doubles after each
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,8 @@ CHOICES = {
     "dp.unit": ("subject", "record"),
     "executor.kind": ("sequential", "thread", "process", "dask"),
 }
-POSITIVE = {"sisa.slices", "train.epochs_per_slice", "train.batch_size", "executor.max_workers", "requests.deadline_days"}
+POSITIVE = {"sisa.slices", "train.epochs_per_slice", "train.batch_size", "executor.max_workers", "requests.deadline_days",
+            "requests.callback_attempts", "requests.callback_backoff_seconds"}
 FRACTIONS = {"data.holdout_fraction", "data.max_null_fraction", "unlearning.ssd_tolerance"}
 
 

@@ -135,6 +135,29 @@ def record(root: Path, result: dict) -> int | None:
     return version
 
 
+def scratch_workspace(ws: WorkspaceDir, root: Path, *, secret: str, dp_enabled: bool) -> WorkspaceDir:
+    """A fresh workspace on the scratch table (`root.parent / table.parquet`), with `ws`'s params, DP on or off."""
+    import os
+
+    import yaml
+
+    from oblivio.workspace import init_workspace
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # each scratch copy tracks in its own store
+        os.environ.pop(name, None)
+    sc = init_workspace(root)
+    sc.secret_path.write_text(secret)
+    params = yaml.safe_load((ws.root / "params.yaml").read_text())
+    params["data"]["source"] = str(root.parent / "table.parquet")
+    params["data"]["limit_subjects"] = 0  # the scratch table is already the sample
+    params.setdefault("dp", {})["enabled"] = dp_enabled
+    params.setdefault("report", {})["baseline"] = False
+    (sc.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sc = WorkspaceDir(sc.root)
+    _ = sc.params
+    return sc
+
+
 def require_sound(result: dict) -> None:
     if not result["ok"]:
         raise IntegrityError(f"The empirical lower bound epsilon {result['epsilon_lower']:.4g} exceeds the "

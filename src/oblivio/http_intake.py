@@ -1,6 +1,7 @@
 """The HTTP intake for deletion requests, served by `oblivio serve` (FastAPI + uvicorn).
 
-    POST /v1/requests          {"subjects": [...], "records": [...], "kind": "erasure", "reason": "..."}
+    POST /v1/requests          {"subjects": [...], "records": [...], "kind": "erasure", "reason": "...",
+                                "callback_url": "https://portal.internal/hooks/erasure"}   (optional)
     GET  /v1/requests/{id}     status, due date, outcome, certificate summary (counts and hashes only)
     GET  /v1/requests?status=&overdue=
     GET  /healthz
@@ -53,6 +54,8 @@ class SubmitBody(BaseModel):
     records: list[StrictStr] = Field(default_factory=list, max_length=MAX_IDS, description="single record ids")
     kind: Literal["erasure", "corrective"] = "erasure"
     reason: StrictStr = Field("", max_length=1000, description="free text kept with the request; no personal data")
+    callback_url: StrictStr | None = Field(None, max_length=2048, description="told (a signed POST) when the request "
+                                           "settles; its host must be in params.yaml requests.callback_hosts")
 
     @model_validator(mode="after")
     def _names_someone(self) -> SubmitBody:
@@ -82,6 +85,7 @@ class RequestSummary(BaseModel):
     error: str | None = None
     outcome: dict | None = None
     certificate: dict | None = None
+    callbacks: list[dict] | None = None  # each delivery: the status it announces, state, attempts, last error
 
 
 def _summary(row: dict) -> RequestSummary:
@@ -89,7 +93,7 @@ def _summary(row: dict) -> RequestSummary:
                           subjects=len(row["subject_hashes"]), records=len(row["record_hashes"]),
                           created_at=row["created_at"], updated_at=row["updated_at"], due=row["due"],
                           overdue=row["overdue"], error=row["error"], outcome=row["outcome"],
-                          certificate=row.get("certificate"))
+                          certificate=row.get("certificate"), callbacks=row.get("callbacks"))
 
 
 def _problems(err: ValidationError) -> str:
@@ -135,7 +139,8 @@ def create_app(ws: Workspace, *, token: str, announce: Callable[[str], bool] | N
             idempotency = (keyed_hash(ws.layout.secret, "idempotency", idempotency_key), digest)
         try:
             result = await commits.submit_async(Ask(subjects=body.subjects, records=body.records, kind=body.kind,
-                                                    reason=body.reason, idempotency=idempotency))
+                                                    reason=body.reason, idempotency=idempotency,
+                                                    callback_url=body.callback_url))
         except IdempotencyConflict as err:
             raise HTTPException(409, str(err)) from None
         except RequestRejected as err:

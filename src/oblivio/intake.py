@@ -11,6 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from oblivio.callbacks import check_url
 from oblivio.data.columns import RECORD_KEY, SUBJECT_KEY
 from oblivio.errors import RequestError, RequestRejected
 from oblivio.keys import record_key, subject_key
@@ -32,16 +33,18 @@ class Ask:
     kind: str = "erasure"
     reason: str = ""
     idempotency: tuple[str, str] | None = None  # (key hash, body digest) of an Idempotency-Key
+    callback_url: str | None = None  # told when the request settles (oblivio.callbacks)
 
 
 def record(ws: WorkspaceDir, *, subjects: Collection[str] = (), records: Collection[str] = (), kind: str = "erasure",
-           reason: str = "", idempotency: tuple[str, str] | None = None) -> tuple[Request, bool]:
+           reason: str = "", idempotency: tuple[str, str] | None = None, callback_url: str | None = None
+           ) -> tuple[Request, bool]:
     """Hash, record (committed before return), precheck; returns (request, created).
 
     A new request whose ids match no record is recorded as rejected and raises
     RequestRejected (nothing else changed); a repeat of a rejected one raises it again.
     """
-    (result,) = record_many(ws, [Ask(subjects, records, kind, reason, idempotency)])
+    (result,) = record_many(ws, [Ask(subjects, records, kind, reason, idempotency, callback_url)])
     if isinstance(result, Exception):
         raise result
     return result
@@ -58,11 +61,12 @@ def record_many(ws: WorkspaceDir, asks: list[Ask]) -> list[tuple[Request, bool] 
                                                      records=_checked(ask.records, "record"))
             if not subject_hashes and not record_hashes:
                 raise RequestError("The request names no subject and no record; give at least one id.")
+            callback_url = check_url(ask.callback_url, ws.params.requests.callback_hosts)
         except RequestError as err:
             out[i] = err
             continue
         subs.append(Submission(kind=ask.kind, subject_hashes=subject_hashes, record_hashes=record_hashes,
-                               reason=ask.reason, idempotency=ask.idempotency))
+                               reason=ask.reason, idempotency=ask.idempotency, callback_url=callback_url))
         where.append(i)
     ledger = Ledger(ws.ledger_path)
     try:

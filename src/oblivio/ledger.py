@@ -40,6 +40,8 @@ _TRANSITIONS = {
     "rejected": frozenset(),
 }
 _ACTIONABLE = ("pending", "failed", "applied")
+# The statuses a completion callback announces (each at most once per request).
+CALLBACK_STATUSES = ("promoted", "rejected", "failed")
 _HASH = re.compile(r"[0-9a-f]{64}")
 # How long a writer waits for another process's lock before giving up.
 _LOCK_TIMEOUT_S = 60
@@ -83,6 +85,21 @@ _SCHEMA = (
         body_digest TEXT NOT NULL,
         request_id TEXT NOT NULL REFERENCES requests (id)
     )""",
+    # A request's completion callback (optional) and its deliveries: an outbox, written in the
+    # same transaction as the status it announces, so a crash cannot lose or invent one.
+    """CREATE TABLE IF NOT EXISTS callbacks (
+        request_id TEXT PRIMARY KEY REFERENCES requests (id),
+        url TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS callback_deliveries (
+        request_id TEXT NOT NULL REFERENCES requests (id),
+        status TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'abandoned')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL,
+        last_error TEXT,
+        PRIMARY KEY (request_id, status)
+    )""",
     """CREATE TABLE IF NOT EXISTS certificates (
         request_id TEXT PRIMARY KEY REFERENCES requests (id),
         body TEXT NOT NULL,
@@ -103,6 +120,12 @@ _SELECT = """
     FROM requests r
 """
 _ORDER = " ORDER BY r.created_at, r.id"
+
+
+def certificate_summary(certificate: dict) -> dict:
+    """What a requester may be shown of a certificate: counts, versions and time, no hashes of people."""
+    return {k: certificate.get(k) for k in ("route", "records_removed", "model_version", "promoted", "promotion",
+                                            "data_version_after", "certified_at")}
 
 
 def _now() -> str:
@@ -226,6 +249,17 @@ class Submission:
     record_hashes: Iterable[str] = ()
     reason: str = ""
     idempotency: tuple[str, str] | None = None
+    callback_url: str | None = None  # checked by the caller (oblivio.callbacks.check_url)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One completion callback to send: the request's status it announces, and where."""
+
+    request_id: str
+    status: str
+    url: str
+    attempts: int
 
 
 class Ledger:
@@ -376,6 +410,8 @@ class Ledger:
             + [(request_id, "record", h) for h in records],
         )
         self._remember_key(db, idempotency, request_id)
+        if sub.callback_url:
+            db.execute("INSERT INTO callbacks (request_id, url) VALUES (?, ?)", (request_id, sub.callback_url))
         return self._get(db, request_id), True
 
     @staticmethod
@@ -447,10 +483,17 @@ class Ledger:
                         f"{' (it is final)' if not _TRANSITIONS[current] else ''}. "
                         "Nothing was changed; run `oblivio requests` to review its history."
                     )
+            now = _now()
             db.executemany(
                 f"UPDATE requests SET status = ?, updated_at = ?, {assignments} WHERE id = ?",
-                [(status, _now(), *values, request_id) for request_id in unique],
+                [(status, now, *values, request_id) for request_id in unique],
             )
+            if status in CALLBACK_STATUSES:
+                db.executemany(
+                    "INSERT OR IGNORE INTO callback_deliveries (request_id, status, state, next_attempt_at) "
+                    "SELECT request_id, ?, 'pending', ? FROM callbacks WHERE request_id = ?",
+                    [(status, now, request_id) for request_id in unique],
+                )
 
     def mark_applied(self, ids: Sequence[str], *, outcome: dict) -> None:
         self._transition(ids, "applied", "outcome = ?, error = NULL", (_dump(outcome, "outcome"),))
@@ -521,3 +564,31 @@ class Ledger:
             "SELECT body FROM certificates WHERE request_id = ?", (request_id,)
         ).fetchone()
         return None if row is None else json.loads(row["body"])
+
+    # Completion callbacks (the outbox)
+
+    def due_callbacks(self, now: datetime | None = None) -> list[Delivery]:
+        """Pending deliveries whose next attempt is due, oldest first."""
+        at = (now or datetime.now(timezone.utc)).isoformat(timespec="microseconds")
+        rows = self._db().execute(
+            "SELECT d.request_id, d.status, d.attempts, c.url FROM callback_deliveries d "
+            "JOIN callbacks c ON c.request_id = d.request_id "
+            "WHERE d.state = 'pending' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at", (at,))
+        return [Delivery(r["request_id"], r["status"], r["url"], r["attempts"]) for r in rows]
+
+    def callback_sent(self, delivery: Delivery, *, error: str | None, retry_at: datetime | None) -> None:
+        """Record one attempt: delivered (no error), retried at `retry_at`, or abandoned (no `retry_at`)."""
+        state = "delivered" if error is None else ("pending" if retry_at else "abandoned")
+        with self._write() as db:
+            db.execute(
+                "UPDATE callback_deliveries SET state = ?, attempts = attempts + 1, last_error = ?, "
+                "next_attempt_at = coalesce(?, next_attempt_at) WHERE request_id = ? AND status = ?",
+                (state, error, retry_at.isoformat(timespec="microseconds") if retry_at else None,
+                 delivery.request_id, delivery.status))
+
+    def callbacks_of(self, request_id: str) -> list[dict]:
+        """A request's deliveries (state, attempts, last error), for its status page."""
+        rows = self._db().execute(
+            "SELECT status, state, attempts, last_error FROM callback_deliveries WHERE request_id = ? "
+            "ORDER BY rowid", (request_id,))
+        return [dict(r) for r in rows]

@@ -128,3 +128,52 @@ class ScenarioResult(Result):
     corrective: dict[str, Any] = field(default_factory=dict)
     train_seconds: float = 0.0
     corrective_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class DpAuditResult(Result):
+    """The one-run DP audit (`audit-dp`): an empirical lower bound on epsilon beside the accounted one."""
+
+    ok: bool = True  # the lower bound does not exceed the accounted epsilon (or DP is off)
+    dp_enabled: bool = False
+    unit: str | None = None  # subject | record
+    epsilon: float | None = None  # what the accountant reported for the private run
+    epsilon_lower: float = 0.0  # the audit's bound for the private run (the non-private one when DP is off)
+    non_private_epsilon_lower: float = 0.0  # the same audit without DP: shows the audit has power
+    canaries: int = 0
+    model_version: int | None = None  # the candidate version the bound was logged on
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class DoctorResult(Result):
+    ok: bool = False  # every backend answered with the rights the purge needs
+    checks: list[dict[str, Any]] = field(default_factory=list)  # [{backend, ok, detail}]
+
+
+@dataclass(frozen=True)
+class DeployResult(Result):
+    deployment: str = ""  # flow/deployment name on the Prefect server
+    deployment_id: str = ""
+    work_pool: str = ""
+    cron: str = ""
+
+
+@dataclass(frozen=True)
+class NumericsResult(Result):
+    """This machine's numerics (`oblivio numerics`): can it train and replay in the pinned mode?"""
+
+    mode: str = ""
+    description: str = ""  # mode, torch and oneMKL versions, and which CPUs it holds on
+    can_honour: bool = False
+    problems: list[str] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)  # the variables a worker must set
+
+
+@dataclass(frozen=True)
+class CertificateResult(Result):
+    """A deletion certificate checked offline (`verify-certificate`)."""
+
+    ok: bool = False
+    request_id: str | None = None
+    checks: list[dict[str, Any]] = field(default_factory=list)  # [{check, ok, detail}]

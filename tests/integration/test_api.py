@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from helpers import SHARED_API, cli, cli_json, csv_workspace
+from helpers import SHARED_API, CallbackReceiver, cli, cli_json, csv_workspace, set_params
 
 pytestmark = pytest.mark.integration
 VOLATILE = {"seconds", "flow_seconds", "run_id", "created_at", "updated_at", "due", "approved_at"}
@@ -48,6 +48,7 @@ def stable(obj):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     ws = csv_workspace(tmp_path_factory.mktemp("api"))
+    set_params(ws, {"requests": {"callback_hosts": ["127.0.0.1"]}})
     return ws, cli_json(ws, "run")
 
 
@@ -78,11 +79,20 @@ def test_forget_records_then_waits_like_the_cli(trained):
     assert recorded.keys() == by_cli.keys() and recorded["status"] == by_cli["status"] == "pending"
     again = api_json(ws, "forget(subjects=['100003'], reason='api #1')")
     assert again["request_ids"] == recorded["request_ids"] and again["created"] is False
-    typed = api(ws, """
-        r = ws.forget(subjects=['100005'], wait=True)
-        print(json.dumps({"fields": [r.status, r.shards_retrained, r.records_removed, sorted(r.certificate)],
-                          "dict": r.to_dict()}, default=str))""")
+    with CallbackReceiver() as receiver:
+        typed = api(ws, f"""
+            r = ws.forget(subjects=['100005'], wait=True, callback_url={receiver.url!r})
+            print(json.dumps({{"fields": [r.status, r.shards_retrained, r.records_removed, sorted(r.certificate)],
+                              "dict": r.to_dict()}}, default=str))""")
     out = json.loads(typed.stdout)
+    (told, headers), = receiver.received  # the deletion flow's last task told the requester, signed
+    from oblivio import callbacks
+    from oblivio.workspace import WorkspaceDir
+
+    assert callbacks.verify(told, headers[callbacks.SIGNATURE_HEADER], WorkspaceDir(ws).intake_token)
+    summary = json.loads(told)
+    assert summary["status"] == "promoted" and summary["certificate"]["records_removed"] >= 1
+    assert "100005" not in told.decode()
     status, shards, removed, certified = out["fields"]
     assert status == out["dict"]["status"] == "promoted" and shards == out["dict"]["shards_retrained"]
     assert removed == out["dict"]["records_removed"] >= 1

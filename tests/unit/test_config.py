@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from importlib import resources
 from pathlib import Path
@@ -458,3 +459,21 @@ def test_declared_feature_kinds_are_logged_as_params_and_long_vocabularies_by_di
     long = parse_params({"data": {"columns": {"features": [
         {"name": "zip", "kind": "categorical", "vocabulary": [f"{i:05d}" for i in range(2000)]}]}}})
     assert params_as_flat_dict(long)["data.columns.feature_specs"].startswith("sha256:")
+
+
+def test_every_default_equals_the_shipped_template_but_the_builtin_tables_own() -> None:
+    """A key left out of params.yaml means what the template says it means; only the seed and
+    the `data` section (the built-in table's declaration) are the template's own."""
+    shipped = load_params(Path(str(TEMPLATES.joinpath("params.yaml"))))
+    differ = []
+
+    def walk(a, b, path: str) -> None:
+        if dataclasses.is_dataclass(a):
+            for f in dataclasses.fields(a):
+                walk(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}".lstrip("."))
+        elif a != b:
+            differ.append(path)
+
+    walk(shipped, Params(), "")
+    assert {p for p in differ if p != "seed" and not p.startswith("data.")} == set()
+    assert "seed" in differ  # the walk sees scalars at all
