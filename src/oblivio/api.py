@@ -182,15 +182,16 @@ class Workspace:
         announced = bool(announce and created and self._announce(request.id))
         return self._recorded(request, created, announced)
 
-    def submit_many(self, asks: list) -> list[RequestResult | RequestError]:
+    def submit_many(self, asks: list, *, ledger=None) -> list[RequestResult | RequestError]:
         """`submit` for several requests in one ledger commit (an intake's group commit); nothing announced.
 
         `asks` are `oblivio.intake.Ask`; each gets its RequestResult or the RequestError `submit` would raise.
+        A long-lived caller may pass its open `oblivio.ledger.Ledger`.
         """
         from oblivio import intake
 
         return [r if isinstance(r, RequestError) else self._recorded(*r, False)
-                for r in intake.record_many(self.layout, asks)]
+                for r in intake.record_many(self.layout, asks, ledger)]
 
     def _recorded(self, request, created: bool, announced: bool) -> RequestResult:
         return RequestResult(request_ids=[request.id], status=request.status, created=created, announced=announced,

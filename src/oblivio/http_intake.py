@@ -234,6 +234,9 @@ class GroupCommit:
     def _loop(self) -> None:
         import queue
 
+        from oblivio.ledger import Ledger
+
+        ledger = Ledger(self.ws.layout.ledger_path)  # this thread's, open for the intake's life
         while True:
             batch = [self.queue.get()]
             while len(batch) < self.max_batch:
@@ -242,7 +245,7 @@ class GroupCommit:
                 except queue.Empty:
                     break
             try:
-                results = self.ws.submit_many([ask for ask, _ in batch])
+                results = self.ws.submit_many([ask for ask, _ in batch], ledger=ledger)
             except Exception as err:  # e.g. the disk is full: every waiting client gets the error (a 500)
                 results = [err] * len(batch)
             for (_, future), result in zip(batch, results):
@@ -263,6 +266,7 @@ class IntakeServer:
             self.sock.close()
             raise OblivioError(f"The deletion intake cannot listen on {host}:{port} ({err.strerror}); "
                                "choose another --intake-port (0 picks a free one).") from None
+        self.sock.listen(2048)  # listening from here: a client that connects before uvicorn accepts waits, not refused
         self.port = self.sock.getsockname()[1]
         self.server = None
         self.thread: threading.Thread | None = None

@@ -50,9 +50,11 @@ def record(ws: WorkspaceDir, *, subjects: Collection[str] = (), records: Collect
     return result
 
 
-def record_many(ws: WorkspaceDir, asks: list[Ask]) -> list[tuple[Request, bool] | RequestError]:
+def record_many(ws: WorkspaceDir, asks: list[Ask], ledger: Ledger | None = None
+                ) -> list[tuple[Request, bool] | RequestError]:
     """`record` for several requests with one commit (the intake's group commit); each gets its
-    own result or refusal, and one refusal does not affect the others."""
+    own result or refusal, and one refusal does not affect the others. A long-lived caller may
+    pass its open `ledger` (kept open); the placed data and the tombstones are read once per call."""
     out: list = [None] * len(asks)
     subs, where = [], []
     for i, ask in enumerate(asks):
@@ -68,14 +70,16 @@ def record_many(ws: WorkspaceDir, asks: list[Ask]) -> list[tuple[Request, bool] 
         subs.append(Submission(kind=ask.kind, subject_hashes=subject_hashes, record_hashes=record_hashes,
                                reason=ask.reason, idempotency=ask.idempotency, callback_url=callback_url))
         where.append(i)
-    ledger = Ledger(ws.ledger_path)
+    own = ledger is None
+    ledger = Ledger(ws.ledger_path) if own else ledger
     try:
+        check = Precheck(ws, ledger)
         for i, result in zip(where, ledger.submit_many(subs) if subs else []):
             if isinstance(result, RequestError):
                 out[i] = result
                 continue
             request, created = result
-            problem = precheck(ws, request, ledger) if created else None
+            problem = check(request) if created else None
             if problem:
                 ledger.mark_rejected(request.id, reason=problem)
                 request = ledger.get(request.id)
@@ -85,7 +89,8 @@ def record_many(ws: WorkspaceDir, asks: list[Ask]) -> list[tuple[Request, bool] 
             else:
                 out[i] = (request, created)
     finally:
-        ledger.close()
+        if own:
+            ledger.close()
     return out
 
 
@@ -136,19 +141,27 @@ def unknown_ids(placed_subjects: Collection[str], placed_records: Collection[str
     return "; ".join(parts) + " in the current data (check the ids)" if parts else None
 
 
-def precheck(ws: WorkspaceDir, req: Request, ledger: Ledger | None = None) -> str | None:
-    """At submission: why the request can already be refused (unknown ids), or None."""
-    if not ws.shards_dir.exists():
-        return None  # nothing placed yet; `plan` decides when the data exists
-    own = ledger is None
-    ledger = Ledger(ws.ledger_path) if own else ledger
-    try:
-        erased = (ledger.tombstones(), ledger.record_tombstones())
-    finally:
-        if own:
-            ledger.close()
-    subjects, records = placed_keys(ws, with_records=bool(req.record_hashes))
-    return unknown_ids(subjects, records, req, erased)
+class Precheck:
+    """At submission: why a request can already be refused (unknown ids), or None.
+
+    Reads the tombstones and the placed keys once, on first need, for all the requests of a batch.
+    """
+
+    def __init__(self, ws: WorkspaceDir, ledger: Ledger):
+        self.ws, self.ledger = ws, ledger
+        self._erased: tuple[frozenset[str], frozenset[str]] | None = None
+        self._placed: dict[bool, tuple[frozenset[str], frozenset[str]]] = {}
+
+    def __call__(self, req: Request) -> str | None:
+        if not self.ws.shards_dir.exists():
+            return None  # nothing placed yet; `plan` decides when the data exists
+        if self._erased is None:
+            self._erased = (self.ledger.tombstones(), self.ledger.record_tombstones())
+        with_records = bool(req.record_hashes)
+        if with_records not in self._placed:
+            self._placed[with_records] = placed_keys(self.ws, with_records=with_records)
+        subjects, records = self._placed[with_records]
+        return unknown_ids(subjects, records, req, self._erased)
 
 
 _PLACED: dict[Path, tuple[tuple, frozenset[str], frozenset[str] | None]] = {}
