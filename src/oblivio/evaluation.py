@@ -44,10 +44,16 @@ def quarantined(ws: WorkspaceDir) -> pd.DataFrame | None:
     return pd.concat([read_holdout(f) for f in files], ignore_index=True) if files else None
 
 
+def accuracy(scores: np.ndarray, y: np.ndarray) -> float:
+    """Share of rows whose highest score (logit or probability) is their label: the one definition
+    the ensemble, each shard model and the baseline are measured by."""
+    return float((scores.argmax(axis=1) == y).mean())
+
+
 def accuracy_report(proba: np.ndarray, y: np.ndarray, labels: list) -> dict:
     pred = proba.argmax(axis=1)
     per_class = {str(lab): float((pred[y == i] == i).mean()) if (y == i).any() else None for i, lab in enumerate(labels)}
-    return {"accuracy": float((pred == y).mean()), "per_class_accuracy": per_class, "n_eval": int(len(y))}
+    return {"accuracy": accuracy(proba, y), "per_class_accuracy": per_class, "n_eval": int(len(y))}
 
 
 # Kept by the process between audits: `oblivio serve` audits after every erasure, and
@@ -77,7 +83,7 @@ def evaluate(root: Path, baseline: dict | None = None) -> dict:
     y, logits = AUDIT_CACHE.scored(ws.holdout_path, "all", ensemble, lambda: holdout_arrays(ws))
     labels = list(ws.params.data.label_domain)
     metrics = accuracy_report(aggregate(logits, ensemble.aggregation), y, labels)
-    metrics["shard_accuracy"] = [float((lg.argmax(1) == y).mean()) for lg in logits]
+    metrics["shard_accuracy"] = [accuracy(lg, y) for lg in logits]
     if baseline:
         model = load_final_model(recipe_for(ws), ws.secret, BASELINE, CheckpointStore(ws.checkpoints_dir),
                                  baseline["chain"][-1])
@@ -86,7 +92,7 @@ def evaluate(root: Path, baseline: dict | None = None) -> dict:
         with torch.no_grad():
             x, _ = AUDIT_CACHE.inputs(ws.holdout_path, "all", ensemble, lambda: holdout_arrays(ws))  # read above
             base_logits = model(x).double().numpy()
-        metrics["baseline_accuracy"] = float((base_logits.argmax(1) == y).mean())
+        metrics["baseline_accuracy"] = accuracy(base_logits, y)
     cols = ws.params.data.columns
     mia = membership_audit(ensemble=ensemble, holdout=(logits, y), shards_dir=ws.shards_dir,
                            n_shards=ws.params.sisa.shards, features=list(cols.features), label=cols.label,
