@@ -24,7 +24,7 @@ from typing import Literal, overload
 from urllib.parse import urlparse
 
 from oblivio import deadlines
-from oblivio.config import CHOICES
+from oblivio.config import CHOICES, SCENARIO_KINDS, STAGES
 from oblivio.errors import OblivioError, RequestError
 from oblivio.results import (
     ApproveResult, CertificateResult, DeployResult, DoctorResult, DpAuditResult, InitResult, NumericsResult,
@@ -167,8 +167,10 @@ class Workspace:
         from oblivio import intake
         from oblivio.errors import RequestRejected
 
-        if kind not in ("erasure", "corrective"):
-            raise RequestError(f"kind must be 'erasure' or 'corrective', got {kind!r}.")
+        from oblivio.ledger import REQUEST_KINDS
+
+        if kind not in REQUEST_KINDS:
+            raise RequestError(f"kind must be one of {', '.join(REQUEST_KINDS)}, got {kind!r}.")
         if not isinstance(reason, str):
             raise RequestError("reason must be text.")
         try:
@@ -281,8 +283,8 @@ class Workspace:
         import shutil
         import tempfile
 
-        if kind not in ("backdoor", "label-flip"):
-            raise OblivioError(f"scenario kind must be 'backdoor' or 'label-flip', got {kind!r}.")
+        if kind not in SCENARIO_KINDS:
+            raise OblivioError(f"scenario kind must be one of {', '.join(SCENARIO_KINDS)}, got {kind!r}.")
         for name, value in (("fraction", fraction), ("flagged", flagged)):
             if not 0 < value <= 1:
                 raise OblivioError(f"{name} must be a share in (0, 1], got {value!r}.")
@@ -326,7 +328,7 @@ class Workspace:
 
     def stage(self, name: str, *, progress: Progress | None = None) -> Result:
         """One dvc.yaml stage without Prefect (what `dvc repro` runs): ingest, train or evaluate."""
-        if name not in ("ingest", "train", "evaluate"):
+        if name not in STAGES:
             raise OblivioError(f"stage must be ingest, train or evaluate, got {name!r}.")
         from oblivio import evaluation, ingestion, publishing, shard_training
 

@@ -283,6 +283,11 @@ def _share(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # the choices are the core's own lists, which its checks use too (no second copy to drift)
+    from oblivio.config import CHOICES, SCENARIO_KINDS, STAGES
+    from oblivio.ledger import REQUEST_KINDS, STATUSES
+    from oblivio.profiles import PROFILES
+
     parser = argparse.ArgumentParser(prog="oblivio", description="Data governance for ML: SISA training, "
                                      "deletion requests, unlearning, and privacy-gated promotion.")
     parser.add_argument("--workspace", "-C", help="workspace directory (default: the one containing the cwd)")
@@ -302,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", metavar="COL", help="with --from-table: the column to predict")
     p.add_argument("--record-id", metavar="COL", help="with --from-table: a column unique per row (default: derived)")
 
-    p.add_argument("--profile", choices=["embedded", "production"], default="embedded",
+    p.add_argument("--profile", choices=PROFILES, default="embedded",
                    help="embedded (every store inside the workspace) or production (the servers below)")
     for flag, what in (("--mlflow-uri", "MLflow tracking server (http://host:5000)"),
                        ("--mlflow-database", "its database, for the purge's mlflow gc (postgresql+psycopg2://user@host/db)"),
@@ -325,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", action="append", help="a single record id; repeatable")
     p.add_argument("--from-file", help="a file of subject ids, one per line")
     p.add_argument("--records-from-file", help="a file of record ids, one per line")
-    p.add_argument("--kind", choices=["erasure", "corrective"], default="erasure",
+    p.add_argument("--kind", choices=REQUEST_KINDS, default="erasure",
                    help="erasure (privacy: forget exactly) or corrective (manipulated data: also dampen every "
                         "shard model with the flagged records, SSD)")
     p.add_argument("--reason", help="free text kept with the request (no personal data, please)")
@@ -348,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-pool", required=True, help="name of an existing process work pool")
 
     p = command("requests", cmd_requests, "list the deletion ledger")
-    p.add_argument("--status", choices=["pending", "applied", "promoted", "rejected", "failed"])
+    p.add_argument("--status", choices=STATUSES)
     p.add_argument("--overdue", action="store_true", help="only requests past their due date and not yet settled")
     p.add_argument("--example-ids", action="store_true",
                    help="print a few subject and record ids that exist in the current data (for a tour)")
@@ -368,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("scenario", cmd_scenario, "measure the corrective route on injected manipulated data "
                 "(in a scratch copy of this workspace's data)")
-    p.add_argument("kind", choices=["backdoor", "label-flip"])
+    p.add_argument("kind", choices=SCENARIO_KINDS)
     p.add_argument("--fraction", type=_share, default=0.05, help="share of records manipulated (default 0.05)")
     p.add_argument("--flagged", type=_share, default=0.2, help="share of the manipulated records found (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
@@ -377,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("numerics", cmd_numerics, "this machine's pinned numerics (what every training process must "
                 "honour); --env prints the variables to start Dask workers with")
-    p.add_argument("--mode", choices=["portable", "native"], help="default: OBLIVIO_NUMERICS, else portable")
+    p.add_argument("--mode", choices=CHOICES["train.numerics"], help="default: OBLIVIO_NUMERICS, else portable")
     p.add_argument("--env", action="store_true", help="print `export` lines for workers started by hand")
 
     p = command("audit-dp", cmd_audit_dp, "bound epsilon empirically from one training run with canaries "
@@ -397,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("doctor", cmd_doctor, "check every configured backend: reachable, credentials, rights the purge needs")
 
     p = command("stage", cmd_stage, "run one dvc.yaml stage without Prefect (what `dvc repro` calls)")
-    p.add_argument("stage", choices=["ingest", "train", "evaluate"])
+    p.add_argument("stage", choices=STAGES)
     return parser
 
 

@@ -163,6 +163,10 @@ CHOICES = {
     "dp.unit": ("subject", "record"),
     "executor.kind": ("sequential", "thread", "process", "dask"),
 }
+# Choices of commands rather than of params.yaml, kept here with the others so the CLI's argparse
+# and the API's checks share one list (importing this module stays cheap for `oblivio --help`).
+SCENARIO_KINDS = ("backdoor", "label-flip")
+STAGES = ("ingest", "train", "evaluate")  # the dvc.yaml stages `oblivio stage` runs
 POSITIVE = {"sisa.slices", "train.epochs_per_slice", "train.batch_size", "executor.max_workers", "requests.deadline_days",
             "requests.callback_attempts", "requests.callback_backoff_seconds"}
 FRACTIONS = {"data.holdout_fraction", "data.max_null_fraction", "unlearning.ssd_tolerance"}

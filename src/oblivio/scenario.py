@@ -26,8 +26,6 @@ from oblivio.unlearning.scenarios import (
 )
 from oblivio.workspace import WorkspaceDir
 
-KINDS = ("backdoor", "label-flip")
-
 
 def poison(root: Path, *, kind: str, fraction: float, seed: int) -> tuple[pd.DataFrame, list[str], dict]:
     """The workspace's source data with `fraction` of rows manipulated; returns (table, ids, spec)."""
