@@ -93,7 +93,7 @@ class DpParams:
     accountant: str = "prv"  # prv | rdp
     grad_sample_mode: str = "ghost"  # ghost (ghost clipping, fastest here) | hooks; record unit only
     unit: str = "subject"  # subject (sample people, clip each person's contribution) | record
-    batch_size: int = 256  # expected records (unit subject: people) per DP step; 0 = train.batch_size
+    batch_size: int = 64  # expected people (unit record: records) per DP step; 0 = train.batch_size
     lr: float = 0.01  # learning rate of DP training; 0 = train.lr
 
 
