@@ -93,6 +93,8 @@ class DpParams:
     accountant: str = "prv"  # prv | rdp
     grad_sample_mode: str = "ghost"  # ghost (ghost clipping, fastest here) | hooks; record unit only
     unit: str = "subject"  # subject (sample people, clip each person's contribution) | record
+    batch_size: int = 64  # expected people (unit record: records) per DP step; 0 = train.batch_size
+    lr: float = 0.01  # learning rate of DP training; 0 = train.lr
 
 
 @dataclass(frozen=True)
@@ -343,6 +345,10 @@ def _check_ranges(params: Params, errors: list[str]) -> None:
         errors.append(f"dp.delta must be in (0, 1), got {params.dp.delta}")
     if params.dp.max_grad_norm <= 0:
         errors.append(f"dp.max_grad_norm must be > 0, got {params.dp.max_grad_norm}")
+    if params.dp.batch_size < 0:
+        errors.append(f"dp.batch_size must be >= 0 (0: train.batch_size), got {params.dp.batch_size}")
+    if params.dp.lr < 0:
+        errors.append(f"dp.lr must be >= 0 (0: train.lr), got {params.dp.lr}")
 
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where PyYAML has it: ~10x faster

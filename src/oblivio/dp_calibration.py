@@ -12,9 +12,23 @@ from oblivio.errors import IntegrityError
 from oblivio.workspace import WorkspaceDir
 
 
+def dp_batch_size(params) -> int:
+    """Expected records (or people) per DP-SGD step: `dp.batch_size`, or `train.batch_size` when 0.
+
+    DP-SGD wants larger batches than plain training (the noise is added once per step, so
+    its share of the update shrinks as the batch grows); docs/design.md gives the measurement.
+    """
+    return params.dp.batch_size or params.train.batch_size
+
+
+def dp_lr(params) -> float:
+    """Learning rate of DP training: `dp.lr`, or `train.lr` when 0."""
+    return params.dp.lr or params.train.lr
+
+
 def _dp_calibration_key(ws: WorkspaceDir) -> str:
     p = ws.params
-    inputs = [p.dp.target_epsilon, p.dp.delta, p.dp.accountant, p.train.batch_size, p.train.epochs_per_slice,
+    inputs = [p.dp.target_epsilon, p.dp.delta, p.dp.accountant, dp_batch_size(p), p.train.epochs_per_slice,
               p.sisa.shards, p.sisa.slices]
     if p.dp.unit != "record":  # record-level calibrations made before subject-level DP stay pinned
         inputs.append(p.dp.unit)
@@ -41,7 +55,7 @@ def calibrate_dp(ws: WorkspaceDir, shard_stages: list[list[int]]) -> dict | None
             return pinned
     from oblivio.training.dp import calibrate_shard_noise
 
-    sigmas = [calibrate_shard_noise(stages, batch_size=p.train.batch_size, epochs_per_slice=p.train.epochs_per_slice,
+    sigmas = [calibrate_shard_noise(stages, batch_size=dp_batch_size(p), epochs_per_slice=p.train.epochs_per_slice,
                                     target_epsilon=p.dp.target_epsilon, delta=p.dp.delta, accountant=p.dp.accountant)
               for stages in shard_stages]
     pinned = {"key": key, "noise_multiplier": max(sigmas), "target_epsilon": p.dp.target_epsilon,

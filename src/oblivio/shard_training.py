@@ -15,7 +15,7 @@ import pandas as pd
 from oblivio import numerics
 from oblivio.data.columns import RECORD_KEY, SLICE, SUBJECT_KEY
 from oblivio.data.sharding import read_shard
-from oblivio.dp_calibration import dp_spec
+from oblivio.dp_calibration import dp_batch_size, dp_lr, dp_spec
 from oblivio.encoding_pin import encoder_for
 from oblivio.training.sisa import CheckpointStore, Recipe, ShardData, fully_trained, train_shard
 from oblivio.workspace import WorkspaceDir
@@ -31,10 +31,11 @@ def shard_name(k: int) -> str:
 def recipe_for(ws: WorkspaceDir) -> Recipe:
     p = ws.params
     encoder = encoder_for(ws)
+    dp = dp_spec(ws)  # DP training has its own batch size and learning rate (dp.batch_size, dp.lr)
     return Recipe(model=p.train.model, hidden=p.train.hidden, n_inputs=encoder.width, encoding=encoder,
                   n_classes=len(p.data.label_domain), epochs_per_slice=p.train.epochs_per_slice,
-                  batch_size=p.train.batch_size, lr=p.train.lr, weight_decay=p.train.weight_decay, seed=p.seed,
-                  dp=dp_spec(ws), numerics=numerics.current(p.train.numerics))
+                  batch_size=dp_batch_size(p) if dp else p.train.batch_size, lr=dp_lr(p) if dp else p.train.lr,
+                  weight_decay=p.train.weight_decay, seed=p.seed, dp=dp, numerics=numerics.current(p.train.numerics))
 
 
 def published_numerics(ws: WorkspaceDir) -> numerics.Numerics | None:

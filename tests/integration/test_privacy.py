@@ -48,7 +48,7 @@ def test_audit_dp_bounds_epsilon_and_has_power_without_dp(tmp_path):
     stays at or below ε (else the command fails), far below the non-private bound; both go to the
     registry beside ε."""
     ws = csv_workspace(tmp_path, synthetic_table(n_subjects=200))
-    set_params(ws, {"dp": {"enabled": True, "target_epsilon": 1.0},
+    set_params(ws, {"dp": {"enabled": True, "target_epsilon": 1.0, "batch_size": 0, "lr": 0},  # DP at train.*
                     "train": {"hidden": [64], "epochs_per_slice": 30, "batch_size": 16}})
     cli(ws, "run")
     result = cli_json(ws, "audit-dp", "--canaries", "200")
