@@ -30,6 +30,7 @@ def deletion_pipeline(root: str, n_shards: int, trigger: str = "manual") -> dict
                                    "requests": batch["requests"]})
     promoted = t.promote(root, registered)
     finished = d.finish(root, batch, registered, promoted, shards, applied)
+    t.emit_lineage(root, "erasure", {"batch": batch, "registered": registered, "certificates": finished["certificates"]})
     sent = d.send_callbacks(root)
     retrained = [s for s in shards if s["slices_trained"]]
     return {"status": "promoted" if promoted["promoted"] else "applied", "request_ids": batch["requests"],

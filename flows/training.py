@@ -23,6 +23,7 @@ def training_pipeline(root: str, n_shards: int, *, baseline: bool = True, from_s
     registered = t.register(root, {"run_name": f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}", "trigger": trigger,
                                    "data": hashes, "shards": shards, "metrics": metrics})
     promoted = t.promote(root, registered)
+    t.emit_lineage(root, "pipeline", {"data": hashes, "registered": registered})
     return {**registered, **promoted, "ingest": ingested, "shards": shards,
             "slices_trained": sum(len(s["slices_trained"]) for s in shards),
             "slices_reused": sum(len(s["slices_reused"]) for s in shards),

@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from oblivio import evaluation, ingestion, lineage, publishing, registry, shard_training
+from oblivio import evaluation, ingestion, lineage, openlineage_events, publishing, registry, shard_training
 
 
 def progress(message: str) -> None:
@@ -57,3 +57,13 @@ def register(root: str, run: dict) -> dict:
 def promote(root: str, registered: dict) -> dict:
     return registry.promote(Path(root), registered)
 
+
+def emit_lineage(root: str, kind: str, summary: dict) -> int:
+    """OpenLineage events for the flow run (`openlineage` in params.yaml; off by default).
+
+    A plain call from the flow, not a task: off, it costs a params read, not a task run. The
+    flow run's id and name are passed to the core, which does not import Prefect."""
+    from prefect.runtime import flow_run
+
+    emit = openlineage_events.emit_pipeline if kind == "pipeline" else openlineage_events.emit_erasure
+    return emit(Path(root), flow_run_id=flow_run.id, flow_name=flow_run.flow_name, **summary)

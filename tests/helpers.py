@@ -162,13 +162,14 @@ class CallbackReceiver:
     """An HTTP endpoint on loopback that fails the first `fail` POSTs with a 503, then answers 204."""
 
     def __init__(self, fail: int = 0):
-        self.fail, self.received = fail, []
+        self.fail, self.received, self.paths = fail, [], []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.received.append((body, dict(self.headers)))
+                outer.paths.append(self.path)
                 self.send_response(503 if len(outer.received) <= outer.fail else 204)
                 self.end_headers()
 
@@ -176,7 +177,8 @@ class CallbackReceiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/erasure"
+        self.base_url = f"http://127.0.0.1:{self.server.server_port}"
+        self.url = f"{self.base_url}/hooks/erasure"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self):

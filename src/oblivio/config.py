@@ -141,6 +141,16 @@ class RequestsParams:
 
 
 @dataclass(frozen=True)
+class OpenLineageParams:
+    transport: str = "none"  # none | http | file (oblivio/openlineage_events.py)
+    url: str = ""  # http: the receiver's base URL (Marquez: http://HOST:5000); key from OPENLINEAGE_API_KEY
+    endpoint: str = "api/v1/lineage"  # http: the path events are POSTed to
+    file: str = "lineage/openlineage.jsonl"  # file: one JSON event a line, relative to the workspace
+    namespace: str = "oblivio"  # the jobs' namespace in the catalogue
+    timeout_seconds: float = 5.0  # http: per request (two retries)
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 0
     data: DataParams = DataParams()
@@ -153,6 +163,7 @@ class Params:
     report: ReportParams = ReportParams()
     schedule: ScheduleParams = ScheduleParams()
     requests: RequestsParams = RequestsParams()
+    openlineage: OpenLineageParams = OpenLineageParams()
 
 
 CHOICES = {
@@ -164,13 +175,14 @@ CHOICES = {
     "dp.grad_sample_mode": ("ghost", "hooks"),
     "dp.unit": ("subject", "record"),
     "executor.kind": ("sequential", "thread", "process", "dask"),
+    "openlineage.transport": ("none", "http", "file"),
 }
 # Choices of commands rather than of params.yaml, kept here with the others so the CLI's argparse
 # and the API's checks share one list (importing this module stays cheap for `oblivio --help`).
 SCENARIO_KINDS = ("backdoor", "label-flip")
 STAGES = ("ingest", "train", "evaluate")  # the dvc.yaml stages `oblivio stage` runs
 POSITIVE = {"sisa.slices", "train.epochs_per_slice", "train.batch_size", "executor.max_workers", "requests.deadline_days",
-            "requests.callback_attempts", "requests.callback_backoff_seconds"}
+            "requests.callback_attempts", "requests.callback_backoff_seconds", "openlineage.timeout_seconds"}
 FRACTIONS = {"data.holdout_fraction", "data.max_null_fraction", "unlearning.ssd_tolerance"}
 
 
@@ -343,6 +355,12 @@ def _check_ranges(params: Params, errors: list[str]) -> None:
         errors.append(f"dp.target_epsilon must be > 0, got {params.dp.target_epsilon}")
     if not 0 < params.dp.delta < 1:
         errors.append(f"dp.delta must be in (0, 1), got {params.dp.delta}")
+    lineage = params.openlineage
+    if lineage.transport == "http" and not lineage.url.startswith(("http://", "https://")):
+        errors.append(f"openlineage.url must be an http(s):// address when openlineage.transport is http, "
+                      f"got {lineage.url!r}")
+    if lineage.transport == "file" and not lineage.file:
+        errors.append("openlineage.file must name a file when openlineage.transport is file")
     if params.dp.max_grad_norm <= 0:
         errors.append(f"dp.max_grad_norm must be > 0, got {params.dp.max_grad_norm}")
     if params.dp.batch_size < 0:

@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from canary import MARKER, MARKER_VALUE, SUBJECT, marked_table
-from helpers import cli, cli_json, csv_workspace, marker_hits, set_params
+from helpers import CallbackReceiver, cli, cli_json, csv_workspace, marker_hits, set_params
 
 pytestmark = pytest.mark.integration
+CATALOGUE: list[tuple[str, dict]] = []  # (path, event) the OpenLineage receiver got during `erased`
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +23,18 @@ def erased(tmp_path_factory):
     source = root / "upstream.csv"
     marked_table().to_csv(source, index=False)
     ws = csv_workspace(root)
-    set_params(ws, {"data": {"source": str(source)}})
-    before = cli_json(ws, "run")
-    assert (ws / ".oblivio" / "signing-key.pem").stat().st_mode & 0o077 == 0  # made by init, owner-only
-    for made_by_init in (ws / ".oblivio" / "signing-key.pem", ws / "signing-key.pub"):
-        made_by_init.unlink()  # as in a workspace made before certificates were signed
-    checkpoints_before = file_digests(ws / "checkpoints")
-    result = json.loads(cli(ws, "forget", "--subject", SUBJECT, "--reason", "GDPR art. 17 #881",
-                            "--wait", "--json").stdout)
+    with CallbackReceiver() as catalogue:  # a lineage catalogue's HTTP endpoint, for the run and the erasure
+        set_params(ws, {"data": {"source": str(source)},
+                        "openlineage": {"transport": "http", "url": catalogue.base_url}})
+        before = cli_json(ws, "run")
+        assert (ws / ".oblivio" / "signing-key.pem").stat().st_mode & 0o077 == 0  # made by init, owner-only
+        for made_by_init in (ws / ".oblivio" / "signing-key.pem", ws / "signing-key.pub"):
+            made_by_init.unlink()  # as in a workspace made before certificates were signed
+        checkpoints_before = file_digests(ws / "checkpoints")
+        result = json.loads(cli(ws, "forget", "--subject", SUBJECT, "--reason", "GDPR art. 17 #881",
+                                "--wait", "--json").stdout)
+    CATALOGUE[:] = [(path, json.loads(body)) for path, (body, _) in zip(catalogue.paths, catalogue.received)]
+    set_params(ws, {"openlineage": {"transport": "none"}})  # the receiver is gone
     return ws, source, before, result, checkpoints_before
 
 
@@ -202,3 +207,92 @@ def test_record_erasure_of_the_last_record_of_the_last_slice(erased):
     result = json.loads(cli(ws, "forget", "--record", str(last["rid"]), "--wait", "--json").stdout)
     assert result["shards_retrained"] == [0] and result["slices_retrained"] == 1
     assert result["records_removed"] == 1
+
+
+def rebuilt_by_the_client(event: dict) -> dict:
+    """The event parsed back into openlineage-python's own classes and serialised again.
+
+    The client's classes are generated from the OpenLineage JSON Schema (which the package does
+    not ship as a file): their constructors reject a missing or unknown field and their
+    validators check the formats (UUID run ids, ISO date-times, event types). Oblivio's own run
+    facet is checked against its JSON Schema (docs/openlineage-run-facet.json).
+    """
+    import jsonschema
+    from openlineage.client import event_v2 as ev
+    from openlineage.client.facet_v2 import (dataset_version_dataset, job_type_job, parent_run, processing_engine_run,
+                                             tags_run)
+    from openlineage.client.serde import Serde
+
+    schema = json.loads((Path(__file__).parents[2] / "docs" / "openlineage-run-facet.json").read_text())
+    standard = {"version": dataset_version_dataset.DatasetVersionDatasetFacet,
+                "jobType": job_type_job.JobTypeJobFacet, "processing_engine": processing_engine_run.ProcessingEngineRunFacet}
+
+    def facets(found: dict) -> dict:
+        out = {}
+        for name, body in found.items():
+            body = dict(body)
+            producer, schema_url = body.pop("_producer"), body.pop("_schemaURL")
+            if name == "oblivio":
+                jsonschema.validate({**body, "_producer": producer, "_schemaURL": schema_url},
+                                    {**schema, "$ref": "#/$defs/OblivioRunFacet"},
+                                    format_checker=jsonschema.FormatChecker())
+                out[name] = {**body, "_producer": producer, "_schemaURL": schema_url}
+                continue
+            if name == "tags":  # the client's own: its version
+                made = tags_run.TagsRunFacet(tags=[tags_run.TagsRunFacetFields(**t) for t in body["tags"]],
+                                             producer=producer)
+            elif name == "parent":
+                made = parent_run.ParentRunFacet(run=parent_run.Run(**body["run"]), job=parent_run.Job(**body["job"]),
+                                                 producer=producer)
+            else:
+                made = standard[name](**body, producer=producer)
+            assert made._schemaURL == schema_url, name
+            out[name] = made
+        return out
+
+    rebuilt = ev.RunEvent(
+        eventType=ev.RunState(event["eventType"]), eventTime=event["eventTime"], producer=event["producer"],
+        run=ev.Run(runId=event["run"]["runId"], facets=facets(event["run"]["facets"])),
+        job=ev.Job(namespace=event["job"]["namespace"], name=event["job"]["name"], facets=facets(event["job"]["facets"])),
+        inputs=[ev.InputDataset(namespace=d["namespace"], name=d["name"], facets=facets(d.get("facets", {})))
+                for d in event["inputs"]],
+        outputs=[ev.OutputDataset(namespace=d["namespace"], name=d["name"], facets=facets(d.get("facets", {})))
+                 for d in event["outputs"]])
+    assert rebuilt.schemaURL == event["schemaURL"]
+    return Serde.to_dict(rebuilt)
+
+
+def test_openlineage_events_link_the_model_to_its_data_and_the_erasure(erased):
+    """The catalogue got one event per job (run: ingest, train, evaluate-publish; then the erasure),
+    each valid OpenLineage, with the DVC data versions, the model versions, the Prefect flow run,
+    the certificate's digest and the hashed request id; no raw subject id anywhere."""
+    ws, _, before, result, _ = erased
+    assert {path for path, _ in CATALOGUE} == {"/api/v1/lineage"}
+    events = [event for _, event in CATALOGUE]
+    assert [e["job"]["name"].rsplit(".", 1)[1] for e in events] == ["ingest", "train", "evaluate-publish", "erasure"]
+    for event in events:
+        assert rebuilt_by_the_client(event) == event
+    text = json.dumps(events)
+    assert SUBJECT not in text and MARKER not in text
+    ingest, _, publish, erasure = events
+    version = {f"{d['name']}": d.get("facets", {}).get("version", {}).get("datasetVersion")
+               for d in ingest["outputs"]}
+    assert version[str(ws / "data" / "shards")] == before["dataset_version"]
+    (model,) = publish["outputs"]
+    assert model["name"].endswith("/oblivio-ensemble") and model["facets"]["version"]["datasetVersion"] == str(
+        before["model_version"])
+    assert erasure["inputs"][0]["facets"]["version"]["datasetVersion"] == before["dataset_version"]
+    data_after, model_after = erasure["outputs"]
+    assert data_after["facets"]["version"]["datasetVersion"] == result["dataset_version"] != before["dataset_version"]
+    assert model_after["facets"]["version"]["datasetVersion"] == str(result["model_version"])
+    (request_id,) = result["request_ids"]
+    facet = erasure["run"]["facets"]["oblivio"]
+    assert request_id not in text and facet["requestIdHashes"] == [
+        "sha256:" + hashlib.sha256(request_id.encode()).hexdigest()]
+    (certificate,) = result["certificate"].values()
+    assert facet["certificateIds"] == ["sha256:" + hashlib.sha256(Path(certificate).read_bytes()).hexdigest()]
+    assert facet["recordsRemoved"] == 3
+    parents = [e["run"]["facets"]["parent"] for e in events]
+    assert len({p["run"]["runId"] for p in parents[:3]}) == 1 != len({p["run"]["runId"] for p in parents})
+    assert [p["job"]["name"] for p in parents] == ["oblivio-pipeline"] * 3 + ["oblivio-deletion"]
+    assert {e["run"]["facets"]["oblivio"]["flowRunId"] for e in events} == {p["run"]["runId"] for p in parents}
