@@ -477,3 +477,13 @@ def test_every_default_equals_the_shipped_template_but_the_builtin_tables_own() 
     walk(shipped, Params(), "")
     assert {p for p in differ if p != "seed" and not p.startswith("data.")} == set()
     assert "seed" in differ  # the walk sees scalars at all
+
+
+def test_openlineage_transport_needs_its_address() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_params(minimal_raw(openlineage={"transport": "http"}))
+    assert any("openlineage.url must be an http(s):// address" in p for p in problems(exc.value))
+    with pytest.raises(ConfigError) as exc:
+        parse_params(minimal_raw(openlineage={"transport": "kafka"}))
+    assert any("openlineage.transport must be one of none, http, file" in p for p in problems(exc.value))
+    assert parse_params(minimal_raw(openlineage={"transport": "file"})).openlineage.file == "lineage/openlineage.jsonl"
