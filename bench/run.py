@@ -27,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import oblivio  # noqa: E402,F401  pins the numerics before numpy and torch load
-from bench import erasure, growth, intake, load, numerics, pipeline, privacy, scale, tables  # noqa: E402
+from bench import bench_erasure as erasure, bench_intake as intake, bench_numerics as numerics  # noqa: E402
+from bench import growth, load, pipeline, privacy, scale, tables  # noqa: E402
 from bench.common import Section, Settings, log  # noqa: E402
 
 SECTIONS = {"pipeline": pipeline.run, "erasure": erasure.run, "privacy": privacy.run, "load": load.run,
