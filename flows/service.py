@@ -48,7 +48,6 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
     """
     with prefect_server(host=host, port=port, log_path=log_path) as api_url:
         os.environ["PREFECT_API_URL"] = api_url
-        from prefect import serve
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         from oblivio.flows.deletion import deletion_pipeline
@@ -79,7 +78,7 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
                 if ready:
                     ready(api_url, [f"{d.flow_name}/{d.name}" for d in (scheduled, deletion)],
                           state.get("intake_url", ""))
-                serve(scheduled, pause_on_shutdown=False, print_starting_message=False)
+                _run_until_stopped(scheduled)
             finally:
                 state_file.unlink(missing_ok=True)
                 # every loop told first: one still polling a Prefect server that has just stopped
@@ -90,6 +89,30 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
                     intake.stop()
                 watch.stop()
                 deletions.stop()
+
+
+def _run_until_stopped(deployment) -> None:
+    """`prefect.serve`, but SIGTERM ends it as Ctrl-C does.
+
+    Prefect's runner installs its own SIGTERM handler, which asks the runner's loop to stop
+    from inside that same loop's thread and never returns; the process then outlives any
+    `systemctl stop`. Here SIGTERM raises KeyboardInterrupt in the main thread instead, the
+    runner's loop is cancelled, and the caller's cleanup runs.
+    """
+    import asyncio
+
+    from prefect.runner import Runner
+
+    class _Runner(Runner):
+        def handle_sigterm(self, *args, **kwargs) -> None:
+            raise KeyboardInterrupt
+
+    runner = _Runner(pause_on_shutdown=False)
+    runner.add_deployment(deployment)
+    try:
+        asyncio.run(runner.start())
+    except KeyboardInterrupt:
+        pass
 
 
 class RequestWatch:
