@@ -5,6 +5,7 @@ import time
 
 from prefect import flow
 
+from oblivio.step_results import BatchOutcome, RunRecord
 from oblivio.tasks import deletion_steps as d
 from oblivio.tasks import stages as t
 
@@ -13,31 +14,30 @@ from oblivio.tasks import stages as t
 def deletion_pipeline(root: str, n_shards: int, trigger: str = "manual") -> dict:
     began = time.perf_counter()
     batch = d.plan(root)
-    if not batch["requests"]:
+    if not batch.requests:
         d.send_callbacks(root)  # the batch may have rejected requests that asked to be told
-        return {"status": "nothing to do", "request_ids": [], "rejected": batch["rejected"],
+        return {"status": "nothing to do", "request_ids": [], "rejected": batch.rejected_dicts(),
                 "seconds": time.perf_counter() - began}
     applied = d.apply(root, batch)
     # the shards that will retrain go first; the others find their checkpoints in a fraction of a second
-    order = sorted(range(n_shards), key=lambda k: str(k) not in batch["first_slice"])
+    order = sorted(range(n_shards), key=lambda k: str(k) not in batch.first_slice)
     futures = {k: t.train_shard.submit(root, k) for k in order}
     shards = [futures[k].result() for k in range(n_shards)]
     t.publish_models(root, shards)
     metrics = t.evaluate(root, None)
     hashes = t.version(root, ["ingest", "train", "evaluate"])  # one DVC commit + push for the batch
-    registered = t.register(root, {"run_name": f"deletion-{time.strftime('%Y%m%d-%H%M%S')}", "trigger": trigger,
-                                   "data": hashes, "shards": shards, "metrics": metrics,
-                                   "requests": batch["requests"]})
+    registered = t.register(root, RunRecord(run_name=f"deletion-{time.strftime('%Y%m%d-%H%M%S')}", trigger=trigger,
+                                            data=hashes, shards=shards, metrics=metrics, requests=batch.requests))
     promoted = t.promote(root, registered)
-    finished = d.finish(root, batch, registered, promoted, shards, applied)
-    t.emit_lineage(root, "erasure", {"batch": batch, "registered": registered, "certificates": finished["certificates"]})
+    finished = d.finish(root, BatchOutcome(batch, applied, shards, registered, promoted))
+    t.emit_lineage(root, "erasure", {"batch": batch, "registered": registered, "certificates": finished.certificates})
     sent = d.send_callbacks(root)
     retrained = [s for s in shards if s["slices_trained"]]
-    return {"status": "promoted" if promoted["promoted"] else "applied", "request_ids": batch["requests"],
-            "rejected": batch["rejected"], "route": batch["route"], "records_removed": batch["records_removed"],
+    return {"status": "promoted" if promoted.promoted else "applied", "request_ids": batch.requests,
+            "rejected": batch.rejected_dicts(), "route": batch.route, "records_removed": batch.records_removed,
             "shards_retrained": [s["index"] for s in retrained],
             "slices_retrained": sum(len(s["slices_trained"]) for s in retrained),
-            "model_version": registered["model_version"], "promoted": promoted["promoted"],
-            "aliases": promoted["aliases"], "decision": promoted["decision"], "metrics": metrics,
-            "gates": registered["gates"], "certificate": finished["certificates"], "purge": finished["purge"],
-            "dataset_version": registered["dataset_version"], "callbacks": sent, "seconds": time.perf_counter() - began}
+            "model_version": registered.model_version, "promoted": promoted.promoted,
+            "aliases": promoted.aliases, "decision": promoted.decision, "metrics": metrics,
+            "gates": registered.gates, "certificate": finished.certificates, "purge": finished.purge.to_dict(),
+            "dataset_version": registered.dataset_version, "callbacks": sent, "seconds": time.perf_counter() - began}

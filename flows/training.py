@@ -5,6 +5,7 @@ import time
 
 from prefect import flow
 
+from oblivio.step_results import RunRecord
 from oblivio.tasks import stages as t
 
 
@@ -20,11 +21,11 @@ def training_pipeline(root: str, n_shards: int, *, baseline: bool = True, from_s
     baseline_result = baseline_future.result() if baseline_future else None
     metrics = t.evaluate(root, baseline_result)
     hashes = t.version(root, ["ingest", "train", "evaluate"])  # one DVC commit + push for the run
-    registered = t.register(root, {"run_name": f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}", "trigger": trigger,
-                                   "data": hashes, "shards": shards, "metrics": metrics})
+    registered = t.register(root, RunRecord(run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}", trigger=trigger,
+                                            data=hashes, shards=shards, metrics=metrics))
     promoted = t.promote(root, registered)
     t.emit_lineage(root, "pipeline", {"data": hashes, "registered": registered})
-    return {**registered, **promoted, "ingest": ingested, "shards": shards,
+    return {**registered.to_dict(), **promoted.to_dict(), "ingest": ingested, "shards": shards,
             "slices_trained": sum(len(s["slices_trained"]) for s in shards),
             "slices_reused": sum(len(s["slices_reused"]) for s in shards),
             "seconds": time.perf_counter() - began}

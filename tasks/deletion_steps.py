@@ -7,27 +7,27 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from oblivio import erasure
+from oblivio.step_results import Applied, Batch, BatchOutcome, Finished
 
 
 @task(name="plan-requests", cache_policy=NO_CACHE)
-def plan(root: str) -> dict:
+def plan(root: str) -> Batch:
     return erasure.plan(Path(root))
 
 
 @task(name="apply-erasure", cache_policy=NO_CACHE)
-def apply(root: str, batch: dict) -> dict:
+def apply(root: str, batch: Batch) -> Applied:
     return erasure.apply(Path(root), batch)
 
 
 @task(name="purge-and-certify", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
-def finish(root: str, batch: dict, registered: dict, promoted: dict, shards: list[dict], applied: dict) -> dict:
+def finish(root: str, outcome: BatchOutcome) -> Finished:
     from prefect.runtime import flow_run
 
     from oblivio.flows.history import purge_flow_runs
 
     running = flow_run.id
-    return erasure.finish(Path(root), batch=batch, registered=registered, promoted=promoted, shards=shards,
-                          applied=applied, history=lambda: purge_flow_runs(root, keep=running))
+    return erasure.finish(Path(root), outcome, history=lambda: purge_flow_runs(root, keep=running))
 
 
 @task(name="send-callbacks", cache_policy=NO_CACHE)

@@ -12,6 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from oblivio import evaluation, ingestion, lineage, openlineage_events, publishing, registry, shard_training
+from oblivio.step_results import Promotion, Registered, RunRecord
 
 
 def progress(message: str) -> None:
@@ -49,12 +50,12 @@ def evaluate(root: str, baseline: dict | None) -> dict:
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def register(root: str, run: dict) -> dict:
+def register(root: str, run: RunRecord) -> Registered:
     return registry.register(Path(root), run)
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote(root: str, registered: dict) -> dict:
+def promote(root: str, registered: Registered) -> Promotion:
     return registry.promote(Path(root), registered)
 
 

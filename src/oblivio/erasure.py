@@ -28,11 +28,13 @@ import pyarrow.parquet as pq
 from oblivio import lineage, signing, tracking
 from oblivio.data.columns import RECORD_KEY, SHARD, SLICE, SUBJECT_KEY
 from oblivio.data.sharding import DatasetWriter, Spill, rewrite_partition, shard_path
-from oblivio.errors import RequestError
 from oblivio.faults import crash_point
 from oblivio.intake import unknown_ids
 from oblivio.keys import record_key, subject_key
 from oblivio.ledger import Ledger, Request
+from oblivio.step_results import (
+    Applied, Batch, BatchOutcome, Finished, Purged, Rejection, Resolution,
+)
 from oblivio.workspace import WorkspaceDir
 
 HOLDOUT = -1  # the shard index placement uses for held-out rows
@@ -52,11 +54,11 @@ def _hits(rows: pd.DataFrame, req: Request) -> pd.DataFrame:
     return rows[rows[SUBJECT_KEY].isin(req.subject_hashes) | rows[RECORD_KEY].isin(req.record_hashes)]
 
 
-def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure", "corrective")) -> dict:
+def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure", "corrective")) -> Batch:
     """Resolve every actionable request; reject the ones that cannot be honoured.
 
-    Returns the batch: accepted request ids, per shard the first affected slice, and
-    counts. Holds hashes and counts only.
+    The batch holds accepted request ids, per shard the first affected slice, and counts:
+    hashes and counts only.
     """
     ws = WorkspaceDir(root)
     ledger = Ledger(ws.ledger_path)
@@ -86,44 +88,44 @@ def plan(root: Path, *, kinds: tuple[str, ...] = ("erasure", "corrective")) -> d
                                "by a request (retrain with fewer shards, or erase in smaller requests)")
             if problem:
                 ledger.mark_rejected(req.id, reason=problem)
-                rejected.append({"request_id": req.id, "reason": problem})
+                rejected.append(Rejection(req.id, problem))
                 continue
             removed |= rows.index.isin(hits.index)
             accepted.append(req.id)
             earlier = ledger.certificate(req.id)  # a retry: the rows are gone, the resolution was kept
             if earlier and "resolution" in earlier:
-                per_request[req.id] = earlier["resolution"]
+                per_request[req.id] = Resolution.from_dict(earlier["resolution"])
                 before = before or earlier["data_version_before"]
                 continue
             train_hits = hits[hits[SHARD] >= 0]
-            per_request[req.id] = {
-                "records": int(len(hits)), "holdout_records": int((hits[SHARD] == HOLDOUT).sum()),
-                "shards": sorted(int(k) for k in train_hits[SHARD].unique()),
-                "first_slices": {str(int(k)): int(g[SLICE].min()) for k, g in train_hits.groupby(SHARD)},
-            }
+            per_request[req.id] = Resolution(
+                records=int(len(hits)), holdout_records=int((hits[SHARD] == HOLDOUT).sum()),
+                shards=sorted(int(k) for k in train_hits[SHARD].unique()),
+                first_slices={str(int(k)): int(g[SLICE].min()) for k, g in train_hits.groupby(SHARD)},
+            )
         hit_rows = rows[removed & (rows[SHARD] >= 0)]
-        return {
-            "requests": accepted, "rejected": rejected, "per_request": per_request,
-            "first_slice": {str(int(k)): int(g[SLICE].min()) for k, g in hit_rows.groupby(SHARD)},
-            "holdout_affected": bool((removed & (rows[SHARD] == HOLDOUT)).any()),
-            "route": "+".join(sorted({ledger.get(i).kind for i in accepted})) or "none",
-            "records_removed": sum(r["records"] for r in per_request.values()),
-            "data_version_before": before or lineage.dataset_version(ws.root),
-        }
+        return Batch(
+            requests=accepted, rejected=rejected, per_request=per_request,
+            first_slice={str(int(k)): int(g[SLICE].min()) for k, g in hit_rows.groupby(SHARD)},
+            holdout_affected=bool((removed & (rows[SHARD] == HOLDOUT)).any()),
+            route="+".join(sorted({ledger.get(i).kind for i in accepted})) or "none",
+            records_removed=sum(r.records for r in per_request.values()),
+            data_version_before=before or lineage.dataset_version(ws.root),
+        )
     finally:
         ledger.close()
 
 
-def apply(root: Path, batch: dict) -> dict:
+def apply(root: Path, batch: Batch) -> Applied:
     """Tombstone the batch's subjects and records, then drop them from every affected file."""
     ws = WorkspaceDir(root)
     ledger = Ledger(ws.ledger_path)
     try:
-        for request_id in batch["requests"]:
+        for request_id in batch.requests:
             req = ledger.get(request_id)
             if ledger.certificate(req.id) is None:  # what it resolved to, kept for a retry after a crash
-                ledger.save_certificate(req.id, {"resolution": batch["per_request"][req.id],
-                                                 "data_version_before": batch["data_version_before"]})
+                ledger.save_certificate(req.id, {"resolution": batch.per_request[req.id].to_dict(),
+                                                 "data_version_before": batch.data_version_before})
             ledger.add_tombstones(req.subject_hashes, request_id=req.id)
             ledger.add_record_tombstones(req.record_hashes, request_id=req.id)
         erased = (ledger.tombstones(), ledger.record_tombstones())
@@ -150,7 +152,7 @@ def apply(root: Path, batch: dict) -> dict:
         if k in rewritten:
             frame = pq.read_table(path).to_pandas()
             rewrite_partition(path, frame[~_erased_rows(frame, erased)].reset_index(drop=True))
-    result = {"partitions_rewritten": rewritten, "source_rewritten": _erase_from_source(ws, erased)}
+    result = Applied(partitions_rewritten=rewritten, source_rewritten=_erase_from_source(ws, erased))
     crash_point("erasure:applied")
     return result
 
@@ -160,13 +162,13 @@ def _erased_rows(rows: pd.DataFrame, erased: tuple[frozenset[str], frozenset[str
     return rows[SUBJECT_KEY].isin(erased[0]) | rows[RECORD_KEY].isin(erased[1])
 
 
-def _keep_corrective_evidence(ws: WorkspaceDir, batch: dict, rows: pd.DataFrame) -> None:
+def _keep_corrective_evidence(ws: WorkspaceDir, batch: Batch, rows: pd.DataFrame) -> None:
     """Corrective requests keep their flagged rows: SSD needs them at every later publish."""
     from oblivio.unlearning.corrective import store_flagged
 
     ledger = Ledger(ws.ledger_path)
     try:
-        for request_id in batch["requests"]:
+        for request_id in batch.requests:
             req = ledger.get(request_id)
             if req.kind == "corrective":
                 mine = rows[rows[SUBJECT_KEY].isin(req.subject_hashes) | rows[RECORD_KEY].isin(req.record_hashes)]
@@ -205,7 +207,7 @@ def _erase_from_source(ws: WorkspaceDir, erased: tuple[frozenset[str], frozenset
 # --- purge --------------------------------------------------------------------------
 
 def purge(root: Path, *, keep_version: int, request_ids: list[str],
-          history: Callable[[], int] | None = None) -> dict:
+          history: Callable[[], int] | None = None) -> Purged:
     """Remove every copy the erased records may still have in the workspace.
 
     - slice checkpoints not on the current chains (the baseline's included);
@@ -233,10 +235,8 @@ def purge(root: Path, *, keep_version: int, request_ids: list[str],
             shutil.rmtree(leftover)
     Spill.sweep(ws.state_dir)
     DatasetWriter.sweep(ws.shards_dir.parent)
-    purged = {"checkpoints_removed": len(removed_checkpoints), "model_versions_deleted": versions}
-    if history is not None:
-        purged["flow_runs_deleted"] = history()
-    return purged
+    return Purged(checkpoints_removed=len(removed_checkpoints), model_versions_deleted=versions,
+                  flow_runs_deleted=history() if history is not None else None)
 
 
 def _purge_model_versions(ws: WorkspaceDir, *, keep_version: int, request_ids: list[str]) -> list[int]:
@@ -297,11 +297,11 @@ def _mlflow_gc(cfg) -> None:
 
 # --- certificates ---------------------------------------------------------------------
 
-def certificate(ws: WorkspaceDir, req: Request, *, batch: dict, registered: dict, promoted: dict,
-                shards: list[dict], purged: dict, applied: dict) -> dict:
-    """What an auditor needs to check the request was honoured, with hashes only."""
-    mine = batch["per_request"].get(req.id, {"records": 0, "shards": [], "first_slices": {}, "holdout_records": 0})
-    retrained = {s["index"]: s for s in shards if s["slices_trained"]}
+def certificate(ws: WorkspaceDir, req: Request, outcome: BatchOutcome, purged: Purged) -> dict:
+    """What an auditor needs to check the request was honoured, with hashes only (the signed JSON document)."""
+    mine = outcome.batch.per_request.get(req.id, Resolution())
+    registered = outcome.registered
+    retrained = {s["index"]: s for s in outcome.shards if s["slices_trained"]}
     manifest = json.loads(ws.manifest_path.read_text())
     source = ws.params.data.source
     return {
@@ -313,19 +313,19 @@ def certificate(ws: WorkspaceDir, req: Request, *, batch: dict, registered: dict
                      if req.kind == "corrective" else "")),
         "corrections": {str(s["index"]): [c for c in s.get("corrections", []) if c["request_id"] == req.id]
                         for s in manifest["shards"]} if req.kind == "corrective" else {},
-        "records_removed": mine["records"], "holdout_records_removed": mine["holdout_records"],
-        "data_version_before": batch["data_version_before"], "data_version_after": registered["dataset_version"],
-        "shards_affected": mine["shards"],
+        "records_removed": mine.records, "holdout_records_removed": mine.holdout_records,
+        "data_version_before": outcome.batch.data_version_before, "data_version_after": registered.dataset_version,
+        "shards_affected": mine.shards,
         "slices_retrained": {str(k): s["slices_trained"] for k, s in retrained.items()},
         "retrained_weights_sha256": {str(k): s["weights_sha256"] for k, s in retrained.items()},
-        "model_version": registered["model_version"], "promoted": promoted["promoted"],
-        "promotion": promoted["decision"],
+        "model_version": registered.model_version, "promoted": outcome.promotion.promoted,
+        "promotion": outcome.promotion.decision,
         "recipe_sha256": manifest["recipe_sha256"],
         # what a replay needs besides the data and checkpoints: these kernels and library versions
         "numerics": manifest["recipe"].get("numerics"),
         "commitments": {str(s["index"]): s["commitments"] for s in manifest["shards"]},
-        "purge": purged,
-        "files_rewritten": applied,
+        "purge": purged.to_dict(),
+        "files_rewritten": outcome.applied.to_dict(),
         "upstream": ("the source is outside the workspace: its owner must erase it there; tombstones keep it "
                      "out of every later ingest") if (source.startswith("builtin:")
                                                      or not (ws.root / source).resolve().is_relative_to(ws.root))
@@ -333,31 +333,28 @@ def certificate(ws: WorkspaceDir, req: Request, *, batch: dict, registered: dict
     }
 
 
-def finish(root: Path, *, batch: dict, registered: dict, promoted: dict, shards: list[dict], applied: dict,
-           history: Callable[[], int] | None = None) -> dict:
+def finish(root: Path, outcome: BatchOutcome, *, history: Callable[[], int] | None = None) -> Finished:
     """Mark the batch applied, purge, certify each request, then mark it promoted (if it was)."""
     ws = WorkspaceDir(root)
     ledger = Ledger(ws.ledger_path)
     try:
-        ids = batch["requests"]
-        outcome = {"model_version": registered["model_version"], "decision": promoted["decision"]}
-        ledger.mark_applied(ids, outcome=outcome)
-        purged = purge(ws.root, keep_version=registered["model_version"], request_ids=ids, history=history)
+        ids, version = outcome.batch.requests, outcome.registered.model_version
+        result = {"model_version": version, "decision": outcome.promotion.decision}
+        ledger.mark_applied(ids, outcome=result)
+        purged = purge(ws.root, keep_version=version, request_ids=ids, history=history)
         ws.certificates_dir.mkdir(exist_ok=True)
         paths = {}
         for request_id in ids:
-            cert = signing.sign(certificate(ws, ledger.get(request_id), batch=batch, registered=registered,
-                                            promoted=promoted, shards=shards, purged=purged, applied=applied),
-                                ws.signing_key)
+            cert = signing.sign(certificate(ws, ledger.get(request_id), outcome, purged), ws.signing_key)
             path = ws.certificates_dir / f"{request_id}.json"
             path.write_text(json.dumps(cert, indent=1, sort_keys=True))
             ledger.save_certificate(request_id, cert)
             paths[request_id] = str(path)
-        tracking.attach_files(ws.mlflow, registered["run_id"], [*paths.values(), str(ws.public_key_path)],
+        tracking.attach_files(ws.mlflow, outcome.registered.run_id, [*paths.values(), str(ws.public_key_path)],
                               "certificates")
-        if promoted["promoted"]:
-            ledger.mark_promoted(ids, outcome=outcome)
-        return {"certificates": paths, "purge": purged}
+        if outcome.promotion.promoted:
+            ledger.mark_promoted(ids, outcome=result)
+        return Finished(certificates=paths, purge=purged)
     finally:
         ledger.close()
 
@@ -377,11 +374,4 @@ def record_failure(ws: WorkspaceDir, err: BaseException) -> None:
             ledger.note_error(applied, error=error)
     finally:
         ledger.close()
-
-
-def reject_batch_problems(batch: dict) -> None:
-    """Single-request commands report their rejection as an error."""
-    if batch["rejected"] and not batch["requests"]:
-        reasons = "; ".join(f"{r['request_id']}: {r['reason']}" for r in batch["rejected"])
-        raise RequestError(f"Request rejected, nothing changed: {reasons}")
 

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from oblivio.step_results import Batch, Registered
 from oblivio.workspace import WorkspaceDir
 
 PRODUCER = "urn:oblivio"  # the spec wants a URI; the project has no public home to name
@@ -34,7 +35,7 @@ def digest(text: str) -> str:
 
 
 def emit_pipeline(root: Path, *, flow_run_id: str | None, flow_name: str, data: dict[str, str],
-                  registered: dict) -> int:
+                  registered: Registered) -> int:
     """The pipeline run's three jobs: ingest (source → training data), train (data → shard
     weights), evaluate-publish (weights + holdout → registered model version). Events sent."""
     ws = WorkspaceDir(root)
@@ -47,13 +48,13 @@ def emit_pipeline(root: Path, *, flow_run_id: str | None, flow_name: str, data: 
     events = [
         ("ingest", [_source_dataset(ws)], [shards, holdout], facets),
         ("train", [shards], [models], facets),
-        ("evaluate-publish", [models, holdout], [_model_dataset(ws, registered["model_version"])],
-         {**facets, "model_version": registered["model_version"], "mlflow_run_id": registered["run_id"]}),
+        ("evaluate-publish", [models, holdout], [_model_dataset(ws, registered.model_version)],
+         {**facets, "model_version": registered.model_version, "mlflow_run_id": registered.run_id}),
     ]
     return _send(ws, flow_name, flow_run_id, events)
 
 
-def emit_erasure(root: Path, *, flow_run_id: str | None, flow_name: str, batch: dict, registered: dict,
+def emit_erasure(root: Path, *, flow_run_id: str | None, flow_name: str, batch: Batch, registered: Registered,
                  certificates: dict[str, str]) -> int:
     """One event for a deletion batch: training data before → training data after and the new
     model version, with the certificates' digests and the requests' hashed ids."""
@@ -61,15 +62,15 @@ def emit_erasure(root: Path, *, flow_run_id: str | None, flow_name: str, batch: 
     cfg = ws.params.openlineage
     if cfg.transport == "none":
         return 0
-    before = _dataset("file", str(ws.shards_dir), batch["data_version_before"])
-    after = _dataset("file", str(ws.shards_dir), registered["dataset_version"])
+    before = _dataset("file", str(ws.shards_dir), batch.data_version_before)
+    after = _dataset("file", str(ws.shards_dir), registered.dataset_version)
     facets = {"flow_run_id": flow_run_id, "git_commit": _git_commit(ws.root),
-              "model_version": registered["model_version"], "mlflow_run_id": registered["run_id"],
-              "request_id_hashes": sorted(digest(r) for r in batch["requests"]),
+              "model_version": registered.model_version, "mlflow_run_id": registered.run_id,
+              "request_id_hashes": sorted(digest(r) for r in batch.requests),
               "certificate_ids": sorted("sha256:" + hashlib.sha256(Path(p).read_bytes()).hexdigest()
                                         for p in certificates.values()),
-              "records_removed": batch["records_removed"]}
-    events = [("erasure", [before], [after, _model_dataset(ws, registered["model_version"])], facets)]
+              "records_removed": batch.records_removed}
+    events = [("erasure", [before], [after, _model_dataset(ws, registered.model_version)], facets)]
     return _send(ws, flow_name, flow_run_id, events)
 
 

@@ -19,6 +19,7 @@ from oblivio.data.columns import SUBJECT_KEY
 from oblivio.errors import OblivioError
 from oblivio.faults import crash_point
 from oblivio.report import render_version_report
+from oblivio.step_results import Promotion, Registered, RunRecord
 from oblivio.workspace import WorkspaceDir
 
 
@@ -47,57 +48,54 @@ def _raw_types(ws: WorkspaceDir) -> dict[str, str]:
     return {c["name"]: c["source_type"] for c in encoding["columns"]}
 
 
-def register(root: Path, run: dict) -> dict:
-    """Audit against the gates, log to MLflow, register the version; returns its identity and verdicts.
-
-    `run` holds the step summaries: data (DVC hashes), shards, metrics, requests.
-    """
+def register(root: Path, run: RunRecord) -> Registered:
+    """Audit against the gates, log to MLflow, register the version; returns its identity and verdicts."""
     ws = WorkspaceDir(root)
     cfg = ws.mlflow
     champion_version, champion = champion_metrics(ws)
-    gates = evaluate_gates(AuditContext(metrics=run["metrics"], champion=champion, gates=ws.params.gates))
-    hashes = run["data"]
+    gates = evaluate_gates(AuditContext(metrics=run.metrics, champion=champion, gates=ws.params.gates))
+    hashes = run.data
     dataset = {
         "version": hashes.get("data/shards", ""), "uri": ws.shards_dir.as_uri(),
         "holdout_version": hashes.get("data/holdout.parquet", ""), "holdout_uri": ws.holdout_path.as_uri(),
     }
-    tags = {"oblivio.trigger": run.get("trigger", "manual"), "oblivio.git_commit": git_commit(ws.root),
+    tags = {"oblivio.trigger": run.trigger, "oblivio.git_commit": git_commit(ws.root),
             "oblivio.dataset_version": dataset["version"], "oblivio.models_version": hashes.get("models", ""),
-            **({"oblivio.requests": ",".join(sorted(run["requests"]))} if run.get("requests") else {})}
+            **({"oblivio.requests": ",".join(sorted(run.requests))} if run.requests else {})}
     # a retried deletion batch whose version was registered before a failure: that version, not a second one
-    ids = (run.get("requests") and tracking.registered_for(cfg, tags)) or tracking.log_pipeline_run(
-        cfg, run_name=run["run_name"], params=params_as_flat_dict(ws.params), tags=tags,
-        dataset=dataset, shards=run["shards"], metrics=run["metrics"], models_dir=ws.models_dir,
+    ids = (run.requests and tracking.registered_for(cfg, tags)) or tracking.log_pipeline_run(
+        cfg, run_name=run.run_name, params=params_as_flat_dict(ws.params), tags=tags,
+        dataset=dataset, shards=run.shards, metrics=run.metrics, models_dir=ws.models_dir,
         features=list(ws.params.data.columns.features), labels=list(ws.params.data.label_domain),
         feature_types=_raw_types(ws),
         artifacts={name: ws.reports_dir / name for name in ("metrics.json", "mia.json", "mia_roc.svg")
                    if (ws.reports_dir / name).exists()},
     )
-    summary = {
-        "model_version": ids["model_version"], "run_id": ids["run_id"], "dataset_version": dataset["version"],
+    summary = Registered(
+        model_version=ids["model_version"], run_id=ids["run_id"], dataset_version=dataset["version"],
         **dataset_counts(ws),
-        "n_shards": ws.params.sisa.shards, "n_slices": ws.params.sisa.slices, "metrics": run["metrics"],
-        "gates": {name: g.to_json() for name, g in gates.items()},
-        "champion_before": champion_version, "champion_metrics": champion,
-        "requests": run.get("requests", []),
-    }
+        n_shards=ws.params.sisa.shards, n_slices=ws.params.sisa.slices, metrics=run.metrics,
+        gates={name: g.to_json() for name, g in gates.items()},
+        champion_before=champion_version, champion_metrics=champion,
+        requests=list(run.requests),
+    )
     tracking.version_tags(cfg, ids["model_version"], {
-        "oblivio.metrics": json.dumps(run["metrics"], sort_keys=True),
-        "oblivio.gates": json.dumps(summary["gates"], sort_keys=True),
+        "oblivio.metrics": json.dumps(run.metrics, sort_keys=True),
+        "oblivio.gates": json.dumps(summary.gates, sort_keys=True),
         "oblivio.dataset_version": dataset["version"],
         "oblivio.gates_passed": str(all_passed(gates)).lower(),
         **{f"gate.{name}": "passed" if g.passed else "FAILED" for name, g in gates.items()},
-    }, description=render_version_report(summary))
+    }, description=render_version_report(summary.to_dict()))
     crash_point("registry:registered")
     return summary
 
 
-def promote(root: Path, registered: dict) -> dict:
+def promote(root: Path, registered: Registered) -> Promotion:
     """Move `candidate` to the new version; `champion` too when it earned it."""
     ws = WorkspaceDir(root)
     cfg = ws.mlflow
-    version = registered["model_version"]
-    gates = {name: GateResult(**g) for name, g in registered["gates"].items()}
+    version = registered.model_version
+    gates = {name: GateResult(**g) for name, g in registered.gates.items()}
     tracking.set_alias(cfg, cfg.candidate_alias, version)
     failed = [name for name, g in gates.items() if not g.passed]
     if failed:
@@ -109,7 +107,7 @@ def promote(root: Path, registered: dict) -> dict:
         decision = "promoted to champion"
     tracking.version_tags(cfg, version, {"oblivio.promotion": decision})
     aliases = tracking.version_info(cfg, version)["aliases"]
-    return {"aliases": sorted(aliases), "promoted": cfg.champion_alias in aliases, "decision": decision}
+    return Promotion(aliases=sorted(aliases), promoted=cfg.champion_alias in aliases, decision=decision)
 
 
 def version_review(ws: WorkspaceDir, version: int) -> dict:
