@@ -27,15 +27,28 @@ def prefect_server(*, host: str, port: int, log_path: Path, timeout: float = 120
                            "or choose another --port.")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
+        # its own process group: a Ctrl-C or `kill -TERM -PGID` reaches serve alone, whose clients
+        # (runner, warm deletions, watch) then stop against a live server before it is stopped;
+        # a dying server would leave each in the client's connection retries for about a minute
         server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host,
                                    "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+                                  env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+                                  process_group=0, preexec_fn=_die_with_parent)
     try:
         if not wait_healthy(server, api_url, timeout=timeout):
             raise OblivioError(f"The Prefect server did not start on {host}:{port}; see {log_path}.")
         yield api_url
     finally:
         stop(server, timeout=20)
+
+
+def _die_with_parent() -> None:
+    """In the server's child, before exec: SIGTERM when serve itself dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host: str, port: int,
@@ -81,8 +94,7 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
                 _run_until_stopped(scheduled)
             finally:
                 state_file.unlink(missing_ok=True)
-                # every loop told first: one still polling a Prefect server that has just stopped
-                # would sit in the client's connection retries (about a minute) before seeing its flag
+                # every loop told first, then each joined: the server stops only after them
                 deletions.stopping.set()
                 watch.stopping.set()
                 if intake is not None:
