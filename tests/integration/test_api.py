@@ -16,7 +16,7 @@ import pytest
 from helpers import SHARED_API, CallbackReceiver, cli, cli_json, csv_workspace, set_params
 
 pytestmark = pytest.mark.integration
-VOLATILE = {"seconds", "flow_seconds", "run_id", "created_at", "updated_at", "due", "approved_at"}
+VOLATILE = {"seconds", "flow_seconds", "steps", "run_id", "created_at", "updated_at", "due", "approved_at"}
 
 
 def api(ws, code: str, *, check: bool = True) -> subprocess.CompletedProcess:

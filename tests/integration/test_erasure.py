@@ -50,6 +50,11 @@ def test_forget_wait_prints_the_contract(erased):
     assert result["status"] == "promoted" and result["promoted"] is True
     assert result["records_removed"] == 3 and len(result["shards_retrained"]) == 1
     assert result["model_version"] == before["model_version"] + 1
+    # where the time went, step by step; together no more than the flow itself
+    assert set(result["steps"]) == {"plan", "apply", "train", "publish", "evaluate", "version", "register",
+                                    "promote", "finish", "notify"}
+    assert all(s >= 0 for s in result["steps"].values()) and sum(result["steps"].values()) <= result["flow_seconds"] + 0.01
+    assert {"ingest", "train", "baseline", "register"} <= before["steps"].keys()
 
 
 def test_only_the_affected_shard_retrained(erased):
