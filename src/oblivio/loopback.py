@@ -93,6 +93,12 @@ class LoopbackStack:
         auth = f"{DB_USER}:{DB_PASSWORD}" if password else DB_USER
         return f"postgresql+{driver}://{auth}@127.0.0.1:{self.ports['pg']}/{name}"
 
+    def init_options(self, *, dvc_prefix: str = "oblivio") -> dict[str, str]:
+        """The `oblivio init WS --profile production` options (flag -> value) that point a workspace here."""
+        return {"--mlflow-uri": self.mlflow_uri, "--mlflow-database": self.database_uri("mlflow", password=False),
+                "--dvc-remote": f"s3://dvc/{dvc_prefix}", "--s3-endpoint": self.s3_endpoint,
+                "--prefect-api": self.prefect_api, "--dask-address": self.dask_address}
+
     def client_environment(self) -> dict[str, str]:
         """What a user of the stack exports: credentials only (addresses live in the workspace's config)."""
         return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
@@ -294,9 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         stack = LoopbackStack(base).start()
         for key, value in stack.client_environment().items():
             print(f"export {key}={value}")
-        print(f"# oblivio init WS --profile production --mlflow-uri {stack.mlflow_uri} "
-              f"--mlflow-database {stack.database_uri('mlflow', password=False)} --dvc-remote s3://dvc/oblivio "
-              f"--s3-endpoint {stack.s3_endpoint} --prefect-api {stack.prefect_api} --dask-address {stack.dask_address}")
+        options = " ".join(f"{flag} {value}" for flag, value in stack.init_options().items())
+        print(f"# oblivio init WS --profile production {options}")
     elif (base / "stack.json").exists():
         LoopbackStack.load(base).stop()
     else:

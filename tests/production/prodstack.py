@@ -12,9 +12,7 @@ def prod_cli(stack, ws, *args, check: bool = True, env: dict | None = None):
 
 def production_workspace(stack, root, *, name: str = "ws", **overrides):
     """`oblivio init --profile production` against the loopback stack (a fresh DVC prefix per workspace)."""
-    flags = {"--mlflow-uri": stack.mlflow_uri, "--mlflow-database": stack.database_uri("mlflow", password=False),
-             "--dvc-remote": f"s3://dvc/{name}", "--s3-endpoint": stack.s3_endpoint,
-             "--prefect-api": stack.prefect_api, "--dask-address": stack.dask_address, **overrides}
+    flags = {**stack.init_options(dvc_prefix=name), **overrides}
     ws = root / name
     args = [a for flag, value in flags.items() if value is not None for a in (flag, value)]
     cli(None, "init", str(ws), "--profile", "production", *args)
