@@ -84,9 +84,9 @@ def warm_floor(ws: Path, retrained: dict[str, list[int]]) -> float:
 
 
 @contextmanager
-def serving(ws: Path) -> Iterator[None]:
-    """`oblivio serve` on `ws` for the duration of the block."""
-    proc = subprocess.Popen([OBLIVIO, "serve", "--port", str(free_port())], cwd=ws, env=_environment(),
+def serving(ws: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+    """`oblivio serve` on `ws` (with `env` added) for the duration of the block."""
+    proc = subprocess.Popen([OBLIVIO, "serve", "--port", str(free_port())], cwd=ws, env={**_environment(), **(env or {})},
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180

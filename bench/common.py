@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -116,11 +117,12 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def cli_json(ws: Path | None, *args: str) -> tuple[dict, float]:
-    """Run `oblivio ARGS --json` in `ws`; returns (its JSON, wall-clock seconds)."""
+def cli_json(ws: Path | None, *args: str, env: dict[str, str] | None = None) -> tuple[dict, float]:
+    """Run `oblivio ARGS --json` in `ws` (with `env` added, e.g. a stack's credentials); returns (its JSON, wall seconds)."""
     log(f"oblivio {' '.join(args)}" + (f"  (in {ws.name})" if ws else ""))
     began = time.perf_counter()
-    proc = subprocess.run([OBLIVIO, *args, "--json"], cwd=ws, capture_output=True, text=True, env=_environment())
+    proc = subprocess.run([OBLIVIO, *args, "--json"], cwd=ws, capture_output=True, text=True,
+                          env={**_environment(), **(env or {})})
     wall = time.perf_counter() - began
     if proc.returncode != 0:
         raise BenchError(f"`oblivio {' '.join(args)}` exited {proc.returncode} after {wall:.1f} s:\n"
@@ -178,7 +180,7 @@ def _when(text: str) -> datetime:
 
 
 def flow_phases(ws: Path, cli_wall: float) -> list[tuple[str, float]]:
-    """The latest flow run of `ws`, split into steps, from Prefect's own database.
+    """The latest flow run of `ws`, split into steps, from its temporary Prefect server's database.
 
     Neither `run --json` nor `forget --json` says where its time went, and the fixed
     costs dominate on small data. Consecutive task runs of one kind form a step (the
@@ -194,6 +196,42 @@ def flow_phases(ws: Path, cli_wall: float) -> list[tuple[str, float]]:
                            "and start_time is not null order by start_time", (flow_id,)).fetchall()
     finally:
         db.close()
+    return _phases(flow_start, flow_end, tasks, cli_wall)
+
+
+def served_flow_phases(api_url: str, flow_name: str, cli_wall: float) -> list[tuple[str, float]]:
+    """`flow_phases` of the latest `flow_name` run on any Prefect server, through its REST API
+    (a served erasure's flow runs on the server `serve` uses: its own, or a production one)."""
+    def post(path: str, body: dict) -> list[dict]:
+        request = urllib.request.Request(f"{api_url}/{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    def tasks_of(run: dict) -> list[tuple[str, str, str]]:
+        rows = post("task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+        return sorted(((t["name"], t["start_time"], t["end_time"]) for t in rows if t["start_time"]),
+                      key=lambda t: t[1])
+
+    # the latest run that did the work (an event may also start one that finds nothing to do);
+    # `forget --wait` returns once certified, so its flow may still be sending its events
+    deadline = time.monotonic() + 120
+    while True:
+        runs = post("flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}},
+                                         "sort": "EXPECTED_START_TIME_DESC", "limit": 5})
+        working = next(((r, tasks) for r in runs if len(tasks := tasks_of(r)) > 2), None)
+        if working and working[0]["state_type"] == "COMPLETED":
+            run, tasks = working
+            break
+        if time.monotonic() > deadline:
+            raise BenchError(f"no completed {flow_name} run that did work on {api_url} within 120 s")
+        time.sleep(0.3)
+    return _phases(run["start_time"], run["end_time"], tasks, cli_wall,
+                   "outside the flow (the command, the hand-over to serve and back)")
+
+
+def _phases(flow_start: str, flow_end: str, tasks, cli_wall: float,
+            outside: str = "outside the flow (interpreter, imports, Prefect server)") -> list[tuple[str, float]]:
     steps: list[list] = []  # [name, start, end]
     for name, start, end in tasks:
         kind = name.rsplit("-", 1)[0]
@@ -211,7 +249,7 @@ def flow_phases(ws: Path, cli_wall: float) -> list[tuple[str, float]]:
         previous_end = max(previous_end, end)
     flow_seconds = (_when(flow_end) - _when(flow_start)).total_seconds()
     out.append(("other (short gaps in the flow)", flow_seconds - sum(s for _, s in out)))
-    out.append(("outside the flow (interpreter, imports, Prefect server)", cli_wall - flow_seconds))
+    out.append((outside, cli_wall - flow_seconds))
     return out
 
 

@@ -7,7 +7,8 @@ a run on a 1M-row table beside the default data; the partitions one erasure rewr
 numerics (pinned portable kernels vs the machine's native ones, shard training time),
 growth (a run after 2 % more people vs a full retrain; what a one-person erasure retrains), tables
 (string categoricals and missing values: the ensemble beside scikit-learn, the encoding's cost),
-intake (the HTTP intake under 8 concurrent clients; API vs CLI overhead for `forget`).
+intake (the HTTP intake under 8 concurrent clients; API vs CLI overhead for `forget`), production
+(a served erasure on the loopback production stack vs the embedded one, step by step).
 Prints a markdown report and writes it, with the raw numbers, to bench/results/latest.{md,json}.
 The machine is shared and noisy: ratios measured in one run mean more than seconds.
 """
@@ -28,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import oblivio  # noqa: E402,F401  pins the numerics before numpy and torch load
 from bench import bench_erasure as erasure, bench_intake as intake, bench_numerics as numerics  # noqa: E402
-from bench import growth, load, pipeline, privacy, scale, tables  # noqa: E402
+from bench import growth, load, pipeline, privacy, production_backends as production, scale, tables  # noqa: E402
 from bench.common import Section, Settings, log  # noqa: E402
 
 SECTIONS = {"pipeline": pipeline.run, "erasure": erasure.run, "privacy": privacy.run, "load": load.run,
             "scale": scale.run, "numerics": numerics.run, "growth": growth.run, "tables": tables.run,
-            "intake": intake.run}
+            "intake": intake.run, "production": production.run}
 RESULTS = Path(__file__).resolve().parent / "results"
 ONE_BY_ONE = 10
 QUICK_ONE_BY_ONE = 2  # each erasure is a full command (~40 s of fixed cost): 10 would not be quick
