@@ -66,7 +66,7 @@ def check(profile: str, production: Production) -> None:
 
 def apply_production(root: Path, production: Production) -> None:
     """Point a freshly scaffolded workspace at the production backends."""
-    from oblivio.workspace import _run
+    from oblivio.workspace import set_dvc_remote
 
     mlflow_yaml = root / "mlflow.yaml"
     text = mlflow_yaml.read_text()
@@ -77,10 +77,8 @@ def apply_production(root: Path, production: Production) -> None:
     text = _set_key(text, "model_name", name)
     text += f"gc_backend_store_uri: {production.mlflow_database}   # the server's database, for the purge's mlflow gc\n"
     mlflow_yaml.write_text(text)
-    _run(["dvc", "remote", "add", "-f", "-d", DVC_REMOTE_NAME, production.dvc_remote], root)
-    if production.s3_endpoint:
-        _run(["dvc", "remote", "modify", DVC_REMOTE_NAME, "endpointurl", production.s3_endpoint], root)
-    _run(["dvc", "remote", "remove", "local"], root)
+    set_dvc_remote(root, DVC_REMOTE_NAME, production.dvc_remote,
+                   **({"endpointurl": production.s3_endpoint} if production.s3_endpoint else {}))
     lines = ["# Where this workspace's services run (`oblivio init --profile production`); `oblivio doctor` checks them.",
              "# Credentials are not kept here: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, PGPASSWORD (or ~/.aws, ~/.pgpass).",
              "profile: production"]

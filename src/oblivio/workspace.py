@@ -248,12 +248,27 @@ def init_workspace(target: Path, *, source: str | None = None, params: str | Non
 
 
 def ensure_dvc(root: Path) -> None:
-    """`dvc init` with autostage, no analytics and the workspace-local default remote."""
+    """`dvc init` with autostage, no analytics and the workspace-local default remote.
+
+    The settings go into `.dvc/config` in-process (ConfigObj, the parser DVC itself reads it
+    with): one `dvc` process instead of four, a few seconds less per `init`."""
     if not (root / ".dvc").is_dir():
         _run(["dvc", "init", "-q"], root)
-    _run(["dvc", "config", "core.autostage", "true"], root)
-    _run(["dvc", "config", "core.analytics", "false"], root)
-    _run(["dvc", "remote", "add", "-f", "-d", "local", DVC_REMOTE], root)  # DVC stores it relative to .dvc/
+    set_dvc_remote(root, "local", "../" + DVC_REMOTE)  # DVC keeps a local remote relative to .dvc/
+
+
+def set_dvc_remote(root: Path, name: str, url: str, **options: str) -> None:
+    """Make `name` the workspace's only DVC remote and its default (as `dvc remote add -f -d`
+    followed by `dvc remote remove` of the others would), with autostage on and analytics off."""
+    from configobj import ConfigObj
+
+    config = ConfigObj(str(root / ".dvc" / "config"), encoding="utf-8", indent_type="    ")
+    core = config.setdefault("core", {})
+    core.update({"autostage": "true", "analytics": "false", "remote": name})
+    for section in [s for s in config if s.startswith("remote ")]:
+        del config[section]
+    config[f'remote "{name}"'] = {"url": url, **options}
+    config.write()
 
 
 def _run(cmd: list[str], cwd: Path) -> None:

@@ -9,6 +9,23 @@ from oblivio.profiles import Production, load_backends
 from oblivio.workspace import WorkspaceDir, init_workspace
 
 
+def dvc_says(root, *args: str) -> str:
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dvc = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
+    return subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_an_embedded_workspace_has_its_local_remote_as_dvc_reads_it(tmp_path):
+    ws = init_workspace(tmp_path / "ws")
+    assert dvc_says(ws.root, "remote", "list").split()[0] == "local" and dvc_says(ws.root, "remote", "default") == "local"
+    assert dvc_says(ws.root, "config", "remote.local.url") == str(ws.root / ".oblivio" / "dvc-remote")
+    assert dvc_says(ws.root, "config", "core.analytics") == "false"
+
+
 def production(**changes) -> Production:
     dead = free_port()  # nothing listens: the cheap checks must fail
     values = {"mlflow_uri": f"http://127.0.0.1:{dead}", "mlflow_database": "postgresql+psycopg2://ml@db.internal/ml",
@@ -28,6 +45,10 @@ def test_production_profile_points_every_file_at_the_servers(tmp_path, monkeypat
     dvc = (ws.root / ".dvc" / "config").read_text()
     assert "remote = store" in dvc and "url = s3://bucket/oblivio" in dvc and prod.s3_endpoint in dvc
     assert "dvc-remote" not in dvc, "the embedded profile's local remote is gone"
+    # DVC itself reads what init wrote in-process
+    assert dvc_says(ws.root, "remote", "default") == "store"
+    assert dvc_says(ws.root, "config", "remote.store.endpointurl") == prod.s3_endpoint
+    assert dvc_says(ws.root, "config", "core.autostage") == "true"
     assert load_backends(ws.root).prefect_api == prod.prefect_api
     assert WorkspaceDir(ws.root).environment()["PREFECT_API_URL"] == prod.prefect_api
     monkeypatch.setenv("PREFECT_API_URL", "http://elsewhere:4200/api")
