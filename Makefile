@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# test processes (pytest-xdist); each test module, and the production tests as a whole, runs in one (tests/conftest.py)
+TEST_WORKERS ?= 2
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install run test test-fast bench clean
@@ -21,10 +23,10 @@ run: install  ## the default pipeline, end to end, in this repository's workspac
 	$(VENV)/bin/oblivio run
 
 test: install  ## the whole suite (what CI runs)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 test-fast: install  ## unit tests only
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest -n $(TEST_WORKERS) tests/unit
 
 bench: install  ## benchmarks; prints the README's table
 	$(PY) bench/run.py

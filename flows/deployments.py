@@ -3,7 +3,7 @@
 - `oblivio-pipeline/scheduled`: the training pipeline on the cron of params.yaml;
 - `oblivio-deletion/process-requests`: the deletion flow, run by an automation whenever
   `oblivio forget` announces a recorded request (a Prefect event).
-The pipeline runs in subprocesses of `serve`; deletion runs in `serve` itself (flows/warm.py).
+`serve` runs both in its own process, warm (flows/warm.py).
 `deploy_to_work_pool` puts the scheduled pipeline on a process work pool instead, for a `prefect worker`.
 """
 from __future__ import annotations

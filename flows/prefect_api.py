@@ -43,7 +43,7 @@ def prefect_api() -> Iterator[Callable[[], str]]:
 
     def boot() -> None:
         try:
-            server = _start_server(port)
+            server = start_temporary_server(port)
             started["server"] = server
             pidfile.parent.mkdir(parents=True, exist_ok=True)
             pidfile.write_text(str(server.pid))
@@ -84,16 +84,16 @@ def prefect_api() -> Iterator[Callable[[], str]]:
             pidfile.unlink(missing_ok=True)
 
 
-def _start_server(port: int) -> subprocess.Popen:
-    """What Prefect's own temporary server runs (uvicorn over `create_app`, UI off), started
-    without importing Prefect's server package here: that import alone is seconds of CPU
-    taken from the command's own imports."""
+def start_temporary_server(port: int, *, environment: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+    """What Prefect's own temporary server runs (uvicorn over `create_app`: UI off, and only the
+    services an ephemeral server needs, no scheduler), started without importing Prefect's server
+    package here: that import alone is seconds of CPU taken from the command's own imports."""
     app_dir = Path(importlib.util.find_spec("prefect").origin).parent.parent
-    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**(os.environ if environment is None else environment), "PREFECT_UI_ENABLED": "0",
+           "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     return subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
                              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "error", "--lifespan", "on"], env=env)
+                             "--log-level", "error", "--lifespan", "on"], env=env, **popen)
 
 
 def free_port() -> int:

@@ -53,11 +53,11 @@ def _die_with_parent() -> None:
 
 def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host: str, port: int,
                     state_file: Path, log_path: Path, intake=None, ready=None) -> None:
-    """Serve until interrupted; deployments stay usable (not paused) afterwards.
+    """Serve until interrupted (Ctrl-C or SIGTERM); deployments stay usable (not paused) afterwards.
 
-    Prefect's runner serves the scheduled pipeline; the deletion deployment's runs are
-    executed by this process itself, warm (flows/warm.py). `intake` (an IntakeServer) is
-    started once the deployments exist, so a request it records is announced to them.
+    Both deployments' runs (the scheduled pipeline, `oblivio run` handed over, deletions)
+    execute in this process, warm (flows/warm.py). `intake` (an IntakeServer) is started once
+    the deployments exist, so a request it records is announced to them.
     """
     with prefect_server(host=host, port=port, log_path=log_path) as api_url:
         os.environ["PREFECT_API_URL"] = api_url
@@ -66,21 +66,28 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
         from oblivio.flows.deletion import deletion_pipeline
         from oblivio.flows.deployments import workspace_deployments
         from oblivio.flows.runners import make_task_runner
-        from oblivio.flows.warm import WarmDeletions, warm_up
+        from oblivio.flows.training import training_pipeline
+        from oblivio.flows.warm import WarmDeployment, WarmRuns, warm_up
         from oblivio.workspace import WorkspaceDir
 
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             scheduled, deletion = workspace_deployments(str(root), n_shards=n_shards, cron=cron, timezone=timezone)
             ws = WorkspaceDir(root)
-            # threads, as `oblivio process` uses: a batch retrains a shard or two
-            flow = deletion_pipeline.with_options(
-                task_runner=make_task_runner("thread", max_workers=ws.params.executor.max_workers))
-            deletions = WarmDeletions(root, deletion.apply(), flow)
+            executor = ws.params.executor
+            pipeline_id, deletion_id = scheduled.apply(), deletion.apply()
+            runs = WarmRuns(root, [
+                WarmDeployment(pipeline_id, training_pipeline.with_options(task_runner=make_task_runner(
+                    executor.kind, max_workers=executor.max_workers, dask_address=executor.dask_address,
+                    environment=ws.environment())), lock="run", keeps_outcome=True),
+                # threads, as `oblivio process` uses: a batch retrains a shard or two
+                WarmDeployment(deletion_id, deletion_pipeline.with_options(
+                    task_runner=make_task_runner("thread", max_workers=executor.max_workers)), lock="process")])
             warm_up(ws)
-            deletions.start()
+            runs.start()
             watch = RequestWatch(ws, api_url)
             watch.start()
-            state = {"api_url": api_url, "pid": os.getpid()}
+            state = {"api_url": api_url, "pid": os.getpid(),
+                     "deployments": {"pipeline": str(pipeline_id), "deletion": str(deletion_id)}}
             if intake is not None:
                 from oblivio.http_intake import announcer
 
@@ -91,40 +98,34 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
                 if ready:
                     ready(api_url, [f"{d.flow_name}/{d.name}" for d in (scheduled, deletion)],
                           state.get("intake_url", ""))
-                _run_until_stopped(scheduled)
+                _wait_until_stopped()
             finally:
                 state_file.unlink(missing_ok=True)
                 # every loop told first, then each joined: the server stops only after them
-                deletions.stopping.set()
+                runs.stopping.set()
                 watch.stopping.set()
                 if intake is not None:
                     intake.stop()
                 watch.stop()
-                deletions.stop()
+                runs.stop()
 
 
-def _run_until_stopped(deployment) -> None:
-    """`prefect.serve`, but SIGTERM ends it as Ctrl-C does.
+def _wait_until_stopped() -> None:
+    """Block until Ctrl-C, or SIGTERM, which ends it the same way (a `systemctl stop`)."""
+    import signal
+    import time
 
-    Prefect's runner installs its own SIGTERM handler, which asks the runner's loop to stop
-    from inside that same loop's thread and never returns; the process then outlives any
-    `systemctl stop`. Here SIGTERM raises KeyboardInterrupt in the main thread instead, the
-    runner's loop is cancelled, and the caller's cleanup runs.
-    """
-    import asyncio
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
 
-    from prefect.runner import Runner
-
-    class _Runner(Runner):
-        def handle_sigterm(self, *args, **kwargs) -> None:
-            raise KeyboardInterrupt
-
-    runner = _Runner(pause_on_shutdown=False)
-    runner.add_deployment(deployment)
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        asyncio.run(runner.start())
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class RequestWatch:

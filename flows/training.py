@@ -2,18 +2,23 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from prefect import flow
 
 from oblivio.flows.step_clock import StepClock
 from oblivio.step_results import RunRecord
 from oblivio.tasks import stages as t
+from oblivio.workspace import WorkspaceDir
 
 
 @flow(name="oblivio-pipeline")
-def training_pipeline(root: str, n_shards: int, *, baseline: bool = True, from_scratch: bool = False,
+def training_pipeline(root: str, n_shards: int, *, baseline: bool | None = None, from_scratch: bool = False,
                       trigger: str = "manual", reslice: bool = False) -> dict:
+    """`baseline` None: as `report.baseline` says (a scheduled run passes none)."""
     clock = StepClock()
+    if baseline is None:
+        baseline = WorkspaceDir(Path(root)).params.report.baseline
     ingested = t.ingest(root, reslice)
     clock.lap("ingest")
     shard_futures = [t.train_shard.submit(root, k, from_scratch) for k in range(n_shards)]

@@ -1,18 +1,22 @@
-"""Deletion runs executed inside `oblivio serve`, in a process that is already warm.
+"""Flow runs executed inside `oblivio serve`, in a process that is already warm.
 
 Prefect's runner starts every flow run in a freshly spawned interpreter, which pays the
-imports of torch, Prefect and MLflow again (about 5 s on a 2-core machine), more than the
-erasure itself. The deletion deployment is therefore registered with the server (so its
-automation, its concurrency limit and its runs in the UI are Prefect's own) but its
-scheduled runs are claimed and executed here, in the serving process, where the stack is
-imported once and the MLflow store and torch's lazy modules are already loaded.
+imports of torch, Prefect and MLflow again (seconds), more than an erasure or a growth run
+itself. The workspace's deployments (the scheduled pipeline, the deletion flow) are therefore
+registered with the server, so their schedule, automation, concurrency limit and runs in the
+UI are Prefect's own, but their scheduled runs are claimed and executed here, in the serving
+process, where the stack is imported once and the MLflow store, torch's lazy modules and the
+audit's inputs are already loaded. `oblivio run` hands its runs over the same way
+(flows/handover.py).
 """
 from __future__ import annotations
 
 import sys
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from oblivio.errors import OblivioError
@@ -22,11 +26,13 @@ POLL_SECONDS = 0.1  # a read on a local API: it answers in milliseconds and writ
 
 
 def warm_up(ws: WorkspaceDir) -> None:
-    """Load what the first erasure would otherwise load lazily (about 3 s on 2 cores): the
+    """Load what the first erasure or run would otherwise load lazily, seconds of it: the
     MLflow store, `mlflow gc`, the workspace's DVC pipeline, MLflow's map of installed
     packages (which `log_model` builds on first use to check the model's requirements) and
-    its run context (git), pyarrow's dataset layer, the parts of torch that the first
-    optimiser step imports, and the audit's inputs and logits for the published models."""
+    its run context (git), pyarrow's dataset layer, Great Expectations (ingest's validation),
+    the parts of torch that the first optimiser step imports, and the audit's inputs and
+    logits for the published models."""
+    import great_expectations  # noqa: F401
     import mlflow.cli  # noqa: F401  (`mlflow gc`)
     import mlflow.pyfunc  # noqa: F401
     import pyarrow.dataset  # noqa: F401  (`pq.read_table`)
@@ -53,19 +59,32 @@ def warm_up(ws: WorkspaceDir) -> None:
     optimiser.step()
 
 
-class WarmDeletions:
-    """Claims the deletion deployment's scheduled runs and runs them in this process."""
+@dataclass(frozen=True)
+class WarmDeployment:
+    """A deployment whose runs `serve` executes itself: its flow, the workspace lock it takes, and
+    whether a waiting command reads its outcome (`oblivio run`; a deletion's is in the ledger)."""
 
-    def __init__(self, root: Path, deployment_id: UUID, flow) -> None:
-        self.root, self.deployment_id, self.flow = root, deployment_id, flow
+    id: UUID
+    flow: Any
+    lock: str
+    keeps_outcome: bool = False
+
+
+class WarmRuns:
+    """Claims the scheduled runs of the workspace's deployments and runs them in this process, one
+    at a time (they take the workspace's lock anyway), oldest first."""
+
+    def __init__(self, root: Path, deployments: list[WarmDeployment]) -> None:
+        self.root = root
+        self.deployments = {d.id: d for d in deployments}
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="oblivio-warm-deletions", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name="oblivio-warm-runs", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
 
     def stop(self, timeout: float = 600) -> None:
-        """Let a batch in progress finish (a killed one would be redone from the ledger anyway)."""
+        """Let a run in progress finish (a killed one would be redone: checkpoints and the ledger)."""
         self.stopping.set()
         self.thread.join(timeout)
 
@@ -81,7 +100,7 @@ class WarmDeletions:
 
         def due() -> FlowRunFilter:  # a read: the runner's own poll also stamps the deployment (a write)
             return FlowRunFilter(
-                deployment_id=FlowRunFilterDeploymentId(any_=[self.deployment_id]),
+                deployment_id=FlowRunFilterDeploymentId(any_=list(self.deployments)),
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
                 next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=datetime.now(timezone.utc)))
 
@@ -91,9 +110,9 @@ class WarmDeletions:
                     for flow_run in client.read_flow_runs(flow_run_filter=due(),
                                                           sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC):
                         if self._claim(client, flow_run):
-                            self._execute(flow_run)
+                            self._execute(flow_run, self.deployments[flow_run.deployment_id])
                 except Exception as err:  # the server restarting must not end the loop
-                    print(f"oblivio serve: deletion runs: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+                    print(f"oblivio serve: warm runs: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
                 self.stopping.wait(POLL_SECONDS)
 
     @staticmethod
@@ -108,16 +127,21 @@ class WarmDeletions:
         except Abort:
             return False
 
-    def _execute(self, flow_run) -> None:
+    def _execute(self, flow_run, deployment: WarmDeployment) -> None:
         from prefect.flow_engine import run_flow
 
         from oblivio import erasure
+        from oblivio.flows import handover
 
         ws = WorkspaceDir(self.root)
-        with ws.exclusive("process"):
+        with ws.exclusive(deployment.lock):
             try:
-                run_flow(self.flow, flow_run=flow_run, parameters=flow_run.parameters)
+                outcome = {"summary": run_flow(deployment.flow, flow_run=flow_run, parameters=flow_run.parameters)}
             except Exception as err:
-                erasure.record_failure(ws, err)
-                print(f"oblivio serve: deletion run {flow_run.name} failed: {type(err).__name__}: {err}",
-                      file=sys.stderr, flush=True)
+                if deployment.lock == "process":
+                    erasure.record_failure(ws, err)
+                outcome = handover.error_outcome(err)
+                print(f"oblivio serve: {deployment.flow.name} run {flow_run.name} failed: {type(err).__name__}: "
+                      f"{err}", file=sys.stderr, flush=True)
+            if deployment.keeps_outcome:
+                handover.write_outcome(ws.runs_dir, str(flow_run.id), outcome)

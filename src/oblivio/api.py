@@ -97,13 +97,18 @@ class Workspace:
         """The training pipeline: ingest, validate, version, train, audit, register, promote.
 
         `reslice` places every record anew (sisa.placement), undoing what growth runs did to the
-        slices' balance."""
+        slices' balance. With `oblivio serve` running (and no executor chosen here) the run is
+        handed to its warm process, as `forget(wait=True)` is."""
         began = time.perf_counter()
         ws = self.layout
         runner = self._runner(executor, workers, dask_address)
         from oblivio.doctor import require_reachable
 
         require_reachable(ws, "run")  # a backend that is down: one message, nothing written
+        served = executor is None and workers is None and dask_address is None and self._run_in_serve(
+            {"baseline": baseline, "from_scratch": from_scratch, "reslice": reslice, "trigger": trigger})
+        if served:
+            return RunResult.from_dict(_timed({**served, "model_name": ws.mlflow.model_name}, began))
         from oblivio.flows.prefect_api import prefect_api
 
         with ws.exclusive("run"), prefect_api() as ready:  # the server boots while the stack imports
@@ -147,7 +152,7 @@ class Workspace:
         if not wait:
             return recorded
         request_id = recorded.request_id
-        result = ((recorded.created and executor is None and self._wait_for_serve(request_id))
+        result = ((recorded.created and executor is None and self._wait_for_serve(request_id, recorded.announced))
                   or self._process(runner, trigger="forget"))
         _timed(result, began)
         if result["status"] == "failed":
@@ -502,8 +507,9 @@ class Workspace:
             self.progress(f"callbacks: {report.delivered} delivered, {report.retrying} to retry, "
                           f"{report.abandoned} abandoned (see `oblivio requests --json`)")
 
-    def _wait_for_serve(self, request_id: str) -> dict | None:
-        """With `oblivio serve` running, its warm process does the work: announce and wait.
+    def _wait_for_serve(self, request_id: str, announced: bool) -> dict | None:
+        """With `oblivio serve` running, its warm process does the work: announce (unless `submit`
+        just did: a second event would start a second, empty deletion run) and wait.
 
         None when nothing serves this workspace, or when `serve` stops before the request is
         settled: the caller then processes it here (the ledger makes that safe).
@@ -513,7 +519,8 @@ class Workspace:
 
         if serving_api(self.layout.serve_state_path) is None:
             return None
-        self._announce(request_id)
+        if not announced:
+            self._announce(request_id)
         self.progress(f"{request_id}: handed to the running `oblivio serve`; waiting for it")
         checks = 0
         while (result := intake.settled(self.layout, request_id)) is None:
@@ -522,6 +529,40 @@ class Workspace:
                 return None
             time.sleep(0.1)
         return {**result, "processed_by": "serve"}
+
+    def _run_in_serve(self, options: dict) -> dict | None:
+        """The training pipeline as a flow run of the `serve`d deployment, executed by serve's warm
+        process; its summary, or None when nothing serves this workspace (or serve stopped before
+        the run ended: the caller then runs it here, resuming from whatever checkpoints it left)."""
+        import json
+
+        from oblivio.flows import handover
+        from oblivio.flows.service import serving_api
+
+        api_url = serving_api(self.layout.serve_state_path)
+        if api_url is None:
+            return None
+        deployment = json.loads(self.layout.serve_state_path.read_text()).get("deployments", {}).get("pipeline")
+        if deployment is None:  # a `serve` from before runs were handed over
+            return None
+        parameters = {"root": str(self.root), "n_shards": self.layout.params.sisa.shards, **options}
+        flow_run = handover.create_flow_run(api_url, deployment, parameters)
+        self.progress(f"run handed to the running `oblivio serve` (flow run {flow_run}); waiting for it")
+        checks = 0
+        while (outcome := handover.read_outcome(self.layout.runs_dir, flow_run)) is None:
+            checks += 1
+            if checks % 20 == 0:
+                if serving_api(self.layout.serve_state_path) is None:
+                    self.progress("`oblivio serve` stopped before the run ended; running it here")
+                    return None
+                state, message = handover.flow_run_state(api_url, flow_run)
+                if state in ("CANCELLED", "CRASHED"):
+                    raise OblivioError(f"The run handed to `oblivio serve` ended {state.lower()}: {message} "
+                                       "Run it again.")
+            time.sleep(0.1)
+        if "error" in outcome:
+            raise _served_error(outcome)
+        return {**outcome["summary"], "processed_by": "serve", "flow_run_id": flow_run}
 
     def _announce(self, request_id: str) -> bool:
         """With `oblivio serve` running, an event starts the deletion flow within seconds."""
@@ -575,6 +616,18 @@ def check_dask_address(address: str, *, timeout: float = 3.0) -> None:
         raise OblivioError(f"No Dask scheduler answers at {address} ({err.strerror or err}); start one with "
                            "`dask scheduler` (and workers with `dask worker ADDRESS`), or drop --dask-address "
                            "to use a local cluster.") from None
+
+
+def _served_error(outcome: dict) -> Exception:
+    """The error that stopped a run in `serve`, as the same kind of error here (same message and exit code)."""
+    from oblivio import errors
+
+    cls = getattr(errors, outcome["error_type"], None)
+    if isinstance(cls, type) and issubclass(cls, OblivioError):
+        err = OblivioError(outcome["error"])
+        err.exit_code = cls.exit_code
+        return err
+    return RuntimeError(f"{outcome['error_type']}: {outcome['error']} (in `oblivio serve`; see its output)")
 
 
 def _ids(values: Iterable[str], what: str) -> list[str]:

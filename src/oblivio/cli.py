@@ -434,7 +434,7 @@ def entry() -> None:
     """
     try:
         code = main()
-    except SystemExit as stop:  # Prefect's runner exits this way when `serve` is stopped
+    except SystemExit as stop:  # a library that exits instead of raising
         code = stop.code if isinstance(stop.code, int) else 0
     if "prefect.events.worker" in sys.modules:  # bounded: the server may already be gone
         from prefect.events.worker import EventsWorker

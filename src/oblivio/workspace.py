@@ -61,8 +61,13 @@ class WorkspaceDir:
 
     @property
     def serve_state_path(self) -> Path:
-        """Written by a running `oblivio serve`: where to announce new requests."""
+        """Written by a running `oblivio serve`: where to announce new requests and hand runs over."""
         return self.state_dir / "serve.json"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Outcomes of the runs a running `oblivio serve` executed for a waiting `oblivio run`."""
+        return self.state_dir / "runs"
 
     @property
     def dp_calibration_path(self) -> Path:

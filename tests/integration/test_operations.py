@@ -83,6 +83,13 @@ def test_serve_runs_deletions_on_events_and_leaves_deployments_active(trained):
             time.sleep(1)
         assert _post(f"{intake_url}/v1/requests", {"subjects": [third], "reason": "portal #9"}, token=token,
                      key="portal-9") == (200, {**body, "created": False, "announced": False, "status": "promoted"})
+        # `run` hands over too: serve's warm process retrains from scratch, to the bits the erasures left
+        published = json.loads((ws / "models" / "manifest.json").read_text())["shards"]
+        served_run = json.loads(cli(ws, "run", "--from-scratch", "--json", embedded=True).stdout)
+        assert served_run["processed_by"] == "serve" and served_run["slices_trained"] == 3 * 2
+        assert [s["weights_sha256"] for s in served_run["shards"]] == [s["trained_weights_sha256"] for s in published]
+        assert served_run["model_version"] == waited["model_version"] + 2 and served_run["promoted"] is True
+        assert json.loads(cli(ws, "verify", "--json").stdout)["ok"] is True
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)

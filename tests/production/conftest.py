@@ -22,6 +22,17 @@ from prodstack import objects, prod_cli, production_workspace, registry
 pytestmark = pytest.mark.production
 
 
+_running: list = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Idle, the stack's servers and workers still take CPU from the tests that follow in this process:
+    stop it after the last production test (the fixture's own stop, at the end, is then a no-op)."""
+    if _running and (nextitem is None or nextitem.path.parent != item.path.parent):
+        _running.pop().stop()
+
+
 @pytest.fixture(scope="session")
 def stack():
     from oblivio.loopback import LoopbackStack, postgres_available
@@ -31,6 +42,7 @@ def stack():
     # not under pytest's 0700 tmp: the postgres user must traverse every parent of its data directory
     base = Path(tempfile.mkdtemp(prefix="oblivio-loopback-"))
     stack = LoopbackStack(base)
+    _running.append(stack)
     try:
         stack.start()
         yield stack

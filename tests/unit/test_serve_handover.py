@@ -1,0 +1,100 @@
+"""Handing work to a running `oblivio serve`: the API's side, with the serving process faked at its
+REST boundary (the real hand-over runs in tests/integration/test_operations.py)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from oblivio import Workspace
+from oblivio.errors import OblivioError
+from oblivio.flows import events, handover, service
+
+API = "http://127.0.0.1:9/api"
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """A fresh workspace whose `serve` appears to be running, with both deployments registered."""
+    Workspace.init(tmp_path / "ws")
+    ws = Workspace.open(tmp_path / "ws")
+    ws.layout.serve_state_path.write_text(json.dumps(
+        {"api_url": API, "pid": 1, "deployments": {"pipeline": "dep-pipeline", "deletion": "dep-deletion"}}))
+    monkeypatch.setattr(service, "serving_api", lambda state_file: API)
+    return ws
+
+
+def test_forget_wait_announces_its_request_once(served, monkeypatch):
+    """Each announcement starts a deletion run: a second one would queue an empty run behind the first."""
+    announced = []
+    monkeypatch.setattr(events, "announce_request", lambda api, root, request_id: announced.append(request_id))
+    from oblivio import intake
+
+    monkeypatch.setattr(intake, "settled", lambda ws, request_id: {
+        "request_ids": [request_id], "status": "promoted", "promoted": True, "records_removed": 1})
+    result = served.forget(subjects=["42"], wait=True)
+    assert result.details["processed_by"] == "serve"
+    assert announced == result.request_ids
+
+
+def test_run_is_handed_to_serve_and_returns_its_summary(served, monkeypatch):
+    created = {}
+
+    def create_flow_run(api_url, deployment_id, parameters):  # serve claims the run and leaves its outcome
+        created.update(api=api_url, deployment=deployment_id, parameters=parameters)
+        handover.write_outcome(served.layout.runs_dir, "run-1", {"summary": {
+            "model_version": 3, "promoted": True, "slices_trained": 2, "steps": {"train": 1.0}, "seconds": 4.0}})
+        return "run-1"
+
+    monkeypatch.setattr(handover, "create_flow_run", create_flow_run)
+    result = served.run(from_scratch=True)
+    assert created == {"api": API, "deployment": "dep-pipeline", "parameters": {
+        "root": str(served.root), "n_shards": served.layout.params.sisa.shards, "baseline": None,
+        "from_scratch": True, "reslice": False, "trigger": "manual"}}
+    assert (result.model_version, result.promoted, result.slices_trained) == (3, True, 2)
+    assert result.details["processed_by"] == "serve" and result.details["flow_seconds"] == 4.0
+    assert result.model_name == served.layout.mlflow.model_name
+
+
+def test_an_error_in_the_served_run_is_raised_here_with_its_exit_code(served, monkeypatch):
+    from oblivio.errors import DataError
+
+    def failing(api_url, deployment_id, parameters):
+        try:
+            raise DataError("column 'age' holds text; declare it categorical")
+        except DataError as err:
+            handover.write_outcome(served.layout.runs_dir, "run-2", handover.error_outcome(err))
+        return "run-2"
+
+    monkeypatch.setattr(handover, "create_flow_run", failing)
+    with pytest.raises(OblivioError, match="column 'age' holds text") as raised:
+        served.run()
+    assert raised.value.exit_code == DataError.exit_code
+
+
+def test_choosing_an_executor_keeps_the_run_here(served, monkeypatch):
+    """`run --executor …` asks for this process's runner: nothing is handed over."""
+    monkeypatch.setattr(handover, "create_flow_run", lambda *a: pytest.fail("handed over"))
+    monkeypatch.setattr(Workspace, "_run_in_serve", lambda self, options: pytest.fail("handed over"))
+    from oblivio.flows import prefect_api
+
+    class Stop(Exception):
+        pass
+
+    def no_server():
+        raise Stop
+
+    monkeypatch.setattr(prefect_api, "prefect_api", no_server)
+    with pytest.raises(Stop):
+        served.run(executor="sequential")
+
+
+def test_only_the_newest_outcomes_are_kept(tmp_path):
+    for i in range(handover.KEEP_OUTCOMES + 5):
+        handover.write_outcome(tmp_path, f"run-{i:02d}", {"summary": {"i": i}})
+        os.utime(tmp_path / f"run-{i:02d}.json", (1000 + i, 1000 + i))  # one second apart
+    kept = sorted(p.stem for p in tmp_path.glob("*.json"))
+    assert kept == [f"run-{i:02d}" for i in range(5, handover.KEEP_OUTCOMES + 5)]
+    assert handover.read_outcome(tmp_path, "run-24") == {"summary": {"i": 24}}
+    assert handover.read_outcome(tmp_path, "run-00") is None
