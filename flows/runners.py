@@ -1,6 +1,9 @@
 """Which task runner trains the shards: chosen in params.yaml or on the command line."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 
@@ -24,3 +27,39 @@ def make_task_runner(kind: str, *, max_workers: int, dask_address: str = "", env
         return DaskTaskRunner(address=dask_address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": max_workers, "threads_per_worker": 1, "processes": True,
                                           "dashboard_address": None})
+
+
+def _load_training() -> None:
+    """In a pool worker, before its first shard, what that shard would load (seconds of it): the
+    training code and torch, the part of torch an optimiser's first step imports, Prefect's task engine."""
+    import prefect.task_engine  # noqa: F401
+    import torch
+
+    import oblivio.shard_training  # noqa: F401
+
+    layer = torch.nn.Linear(2, 2)
+    optimiser = torch.optim.Adam(layer.parameters())
+    layer(torch.zeros(1, 2)).sum().backward()
+    optimiser.step()
+
+
+@contextmanager
+def warm_task_runner(kind: str, *, max_workers: int, dask_address: str = "") -> Iterator[TaskRunner]:
+    """The task runner of a long-lived process (`serve`), whose worker processes outlive each run.
+
+    A process pool is started, and stopped, by every flow run: spawning workers that import
+    torch, then waiting for them to exit, costs more than a growth run's training. So for
+    `process` (and `dask` without an address) the workers are a local Dask cluster of
+    `max_workers` single-threaded processes started here once, with the training code loaded;
+    each run connects to it. They inherit this process's environment, so its pinned numerics.
+    """
+    if kind not in ("process", "dask") or dask_address:
+        yield make_task_runner(kind, max_workers=max_workers, dask_address=dask_address)
+        return
+    from distributed import Client, LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    with LocalCluster(n_workers=max_workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            client.run(_load_training)
+        yield DaskTaskRunner(address=cluster.scheduler_address)

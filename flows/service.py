@@ -65,20 +65,20 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
 
         from oblivio.flows.deletion import deletion_pipeline
         from oblivio.flows.deployments import workspace_deployments
-        from oblivio.flows.runners import make_task_runner
+        from oblivio.flows.runners import make_task_runner, warm_task_runner
         from oblivio.flows.training import training_pipeline
         from oblivio.flows.warm import WarmDeployment, WarmRuns, warm_up
         from oblivio.workspace import WorkspaceDir
 
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        ws = WorkspaceDir(root)
+        executor = ws.params.executor
+        with temporary_settings(updates={PREFECT_API_URL: api_url}), warm_task_runner(
+                executor.kind, max_workers=executor.max_workers, dask_address=executor.dask_address) as pool:
             scheduled, deletion = workspace_deployments(str(root), n_shards=n_shards, cron=cron, timezone=timezone)
-            ws = WorkspaceDir(root)
-            executor = ws.params.executor
             pipeline_id, deletion_id = scheduled.apply(), deletion.apply()
             runs = WarmRuns(root, [
-                WarmDeployment(pipeline_id, training_pipeline.with_options(task_runner=make_task_runner(
-                    executor.kind, max_workers=executor.max_workers, dask_address=executor.dask_address,
-                    environment=ws.environment())), lock="run", keeps_outcome=True),
+                WarmDeployment(pipeline_id, training_pipeline.with_options(task_runner=pool), lock="run",
+                               keeps_outcome=True),
                 # threads, as `oblivio process` uses: a batch retrains a shard or two
                 WarmDeployment(deletion_id, deletion_pipeline.with_options(
                     task_runner=make_task_runner("thread", max_workers=executor.max_workers)), lock="process")])

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from oblivio.flows.prefect_api import free_port
-from helpers import OBLIVIO, cli, cli_json, csv_workspace, synthetic_table
+from helpers import OBLIVIO, cli, cli_json, csv_workspace, set_params, synthetic_table
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +37,7 @@ def test_dask_cluster_trains_the_same_bits_as_threads(trained):
 def test_serve_runs_deletions_on_events_and_leaves_deployments_active(trained):
     ws, _ = trained
     (ws / ".oblivio" / "intake-token").unlink()  # a workspace made before the intake: serve creates its token
+    set_params(ws, {"executor": {"kind": "process", "max_workers": 2}})  # serve keeps a warm pool for runs
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     log = ws.parent / "serve.log"  # a file, not a pipe: a grandchild may hold a pipe open past serve's exit
@@ -83,7 +84,8 @@ def test_serve_runs_deletions_on_events_and_leaves_deployments_active(trained):
             time.sleep(1)
         assert _post(f"{intake_url}/v1/requests", {"subjects": [third], "reason": "portal #9"}, token=token,
                      key="portal-9") == (200, {**body, "created": False, "announced": False, "status": "promoted"})
-        # `run` hands over too: serve's warm process retrains from scratch, to the bits the erasures left
+        # `run` hands over too: serve's warm process retrains from scratch on its pool of shard workers,
+        # to the bits the erasures left
         published = json.loads((ws / "models" / "manifest.json").read_text())["shards"]
         served_run = json.loads(cli(ws, "run", "--from-scratch", "--json", embedded=True).stdout)
         assert served_run["processed_by"] == "serve" and served_run["slices_trained"] == 3 * 2
