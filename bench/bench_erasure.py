@@ -10,22 +10,14 @@ against the same requests one by one.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from bench.common import (
-    OBLIVIO, QUICK_PARAMS, BenchError, Section, Settings, Table, _environment, cli_json, dir_bytes, figures,
-    file_sizes, flow_phases, log, make_workspace, phase_table, replicated_nlswork, round_robin, secs,
-    times, training_subjects, verdict,
+    QUICK_PARAMS, BenchError, Section, Settings, Table, cli_json, dir_bytes, figures, file_sizes, flow_phases, log,
+    make_workspace, phase_table, replicated_nlswork, round_robin, secs, serving, times, training_subjects, verdict,
 )
-from oblivio.flows.prefect_api import free_port
 
 BATCH = 100
 COPIES = 10
@@ -81,23 +73,6 @@ def warm_floor(ws: Path, retrained: dict[str, list[int]]) -> float:
                                      secret=w.secret, store=store)
         total += result.seconds
     return total
-
-
-@contextmanager
-def serving(ws: Path, env: dict[str, str] | None = None) -> Iterator[None]:
-    """`oblivio serve` on `ws` (with `env` added) for the duration of the block."""
-    proc = subprocess.Popen([OBLIVIO, "serve", "--port", str(free_port())], cwd=ws, env={**_environment(), **(env or {})},
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while not (ws / ".oblivio" / "serve.json").exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"`oblivio serve` did not come up in {ws}")
-            time.sleep(0.5)
-        yield
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=120)
 
 
 SERVED = 3  # erasures with `serve` running; the median is reported (each is ~10 s, the box is noisy)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -15,6 +16,8 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import zip_longest
@@ -129,6 +132,25 @@ def cli_json(ws: Path | None, *args: str, env: dict[str, str] | None = None) -> 
                          f"{proc.stderr[-3000:]}")
     log(f"  done in {wall:.1f} s")
     return json.loads(proc.stdout), wall
+
+
+@contextmanager
+def serving(ws: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+    """`oblivio serve` on `ws` (with `env` added) for the duration of the block."""
+    from oblivio.flows.prefect_api import free_port
+
+    proc = subprocess.Popen([OBLIVIO, "serve", "--port", str(free_port())], cwd=ws, env={**_environment(), **(env or {})},
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not (ws / ".oblivio" / "serve.json").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"`oblivio serve` did not come up in {ws}")
+            time.sleep(0.5)
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
 
 
 def wall_times(cmd: list[str], repeats: int) -> list[float]:

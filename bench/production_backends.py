@@ -16,10 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.bench_erasure import serving
 from bench.common import (
     QUICK_PARAMS, BenchError, Section, Settings, cli_json, figures, log, make_workspace, median, phase_table,
-    round_robin, secs, served_flow_phases, set_params, times, training_subjects,
+    round_robin, secs, served_flow_phases, serving, set_params, times, training_subjects,
 )
 
 ERASURES = 3  # served one-subject erasures per workspace; medians are reported

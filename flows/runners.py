@@ -8,9 +8,13 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 
 
 def _init_worker(environment: dict[str, str]) -> None:
+    import atexit
     import os
 
     os.environ.update(environment)
+    # the last exit handler (registered first): the pool waits for its workers to exit, and one that
+    # loaded torch and Prefect would then spend seconds finalising modules it no longer needs
+    atexit.register(os._exit, 0)
 
 
 def make_task_runner(kind: str, *, max_workers: int, dask_address: str = "", environment: dict | None = None
@@ -31,9 +35,10 @@ def make_task_runner(kind: str, *, max_workers: int, dask_address: str = "", env
 
 def _load_training() -> None:
     """In a pool worker, before its first shard, what that shard would load (seconds of it): the
-    training code and torch, the part of torch an optimiser's first step imports, Prefect's task engine."""
-    import prefect.task_engine  # noqa: F401
+    training code and torch, the part of torch an optimiser's first step imports, and Prefect's
+    task engine with its API client, log and event workers (one no-op task run, `warm-up`)."""
     import torch
+    from prefect import task
 
     import oblivio.shard_training  # noqa: F401
 
@@ -41,6 +46,7 @@ def _load_training() -> None:
     optimiser = torch.optim.Adam(layer.parameters())
     layer(torch.zeros(1, 2)).sum().backward()
     optimiser.step()
+    task(name="warm-up", persist_result=False)(lambda: None)()
 
 
 @contextmanager
