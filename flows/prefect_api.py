@@ -64,10 +64,14 @@ def prefect_api() -> Iterator[Callable[[], str]]:
             thread.join()
             if "error" in started:
                 raise started["error"]
-            if imported_before:  # settings were read without the address: give it to this context
-                from prefect.settings import PREFECT_API_URL, temporary_settings
+            from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-                stack.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
+            # no flow-run heartbeats: nothing watches a server that stops with this command, and the
+            # engine waits out the heartbeat thread's sleep (up to a second) at the end of every flow
+            updates = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+            if imported_before:  # settings were read without the address: give it to this context
+                updates[PREFECT_API_URL] = url
+            stack.enter_context(temporary_settings(updates=updates))
             return url
 
         try:
