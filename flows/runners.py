@@ -37,15 +37,12 @@ def _load_training() -> None:
     """In a pool worker, before its first shard, what that shard would load (seconds of it): the
     training code and torch, the part of torch an optimiser's first step imports, and Prefect's
     task engine with its API client, log and event workers (one no-op task run, `warm-up`)."""
-    import torch
     from prefect import task
 
     import oblivio.shard_training  # noqa: F401
+    from oblivio.flows.warm import first_optimiser_step
 
-    layer = torch.nn.Linear(2, 2)
-    optimiser = torch.optim.Adam(layer.parameters())
-    layer(torch.zeros(1, 2)).sum().backward()
-    optimiser.step()
+    first_optimiser_step()
     task(name="warm-up", persist_result=False)(lambda: None)()
 
 

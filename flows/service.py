@@ -81,7 +81,8 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
                                keeps_outcome=True),
                 # threads, as `oblivio process` uses: a batch retrains a shard or two
                 WarmDeployment(deletion_id, deletion_pipeline.with_options(
-                    task_runner=make_task_runner("thread", max_workers=executor.max_workers)), lock="process")])
+                    task_runner=make_task_runner("thread", max_workers=executor.max_workers)), lock="process",
+                    settles_requests=True)])
             warm_up(ws)
             runs.start()
             watch = RequestWatch(ws, api_url)

@@ -36,7 +36,6 @@ def warm_up(ws: WorkspaceDir) -> None:
     import mlflow.cli  # noqa: F401  (`mlflow gc`)
     import mlflow.pyfunc  # noqa: F401
     import pyarrow.dataset  # noqa: F401  (`pq.read_table`)
-    import torch
     from mlflow.tracking.context.registry import resolve_tags
     from mlflow.utils import requirements_utils
 
@@ -53,6 +52,13 @@ def warm_up(ws: WorkspaceDir) -> None:
     build_map = getattr(requirements_utils, "_init_modules_to_packages_map", None)  # private; skipped if renamed
     if build_map is not None:
         build_map()
+    first_optimiser_step()
+
+
+def first_optimiser_step() -> None:
+    """What torch imports at an optimiser's first step (its compiler stack), on a throwaway layer."""
+    import torch
+
     layer = torch.nn.Linear(2, 2)
     optimiser = torch.optim.Adam(layer.parameters())
     layer(torch.zeros(1, 2)).sum().backward()
@@ -61,13 +67,14 @@ def warm_up(ws: WorkspaceDir) -> None:
 
 @dataclass(frozen=True)
 class WarmDeployment:
-    """A deployment whose runs `serve` executes itself: its flow, the workspace lock it takes, and
-    whether a waiting command reads its outcome (`oblivio run`; a deletion's is in the ledger)."""
+    """A deployment whose runs `serve` executes itself: its flow, the workspace lock it takes,
+    whether a waiting command reads its outcome (`oblivio run`) or the ledger holds it (deletions)."""
 
     id: UUID
     flow: Any
     lock: str
     keeps_outcome: bool = False
+    settles_requests: bool = False  # a failed run is recorded in the ledger, whose requests are retried
 
 
 class WarmRuns:
@@ -138,7 +145,7 @@ class WarmRuns:
             try:
                 outcome = {"summary": run_flow(deployment.flow, flow_run=flow_run, parameters=flow_run.parameters)}
             except Exception as err:
-                if deployment.lock == "process":
+                if deployment.settles_requests:
                     erasure.record_failure(ws, err)
                 outcome = handover.error_outcome(err)
                 print(f"oblivio serve: {deployment.flow.name} run {flow_run.name} failed: {type(err).__name__}: "
