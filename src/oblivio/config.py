@@ -172,7 +172,7 @@ CHOICES = {
     "train.model": ("mlp", "cnn"),
     "train.numerics": ("portable", "native"),
     "dp.accountant": ("prv", "rdp"),
-    "dp.grad_sample_mode": ("ghost", "hooks"),
+    "dp.grad_sample_mode": ("ghost", "hooks", "fused"),  # training.dp.GRAD_SAMPLE_MODES
     "dp.unit": ("subject", "record"),
     "executor.kind": ("sequential", "thread", "process", "dask"),
     "openlineage.transport": ("none", "http", "file"),
