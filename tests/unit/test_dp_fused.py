@@ -82,7 +82,7 @@ def test_fused_norms_and_clipped_sum_equal_opacus_hooks(seed, unit, dtype, tol):
     if unit == "record":
         rows, grouping, weight, group, n_units = torch.arange(len(y)), None, None, None, len(y)
     else:
-        people = dp_fused.People.of(person)
+        people = dp_fused.People.of(person, x)  # as training builds it: each person's input Gram once a stage
         rows, grouping = people.batch(sampled)
         weight, group, n_units = people.weight[rows].to(dtype), grouping.group, len(sampled)
         assert set(person[rows].tolist()) == set(sampled.tolist())  # every record of the sampled, no other
@@ -94,6 +94,9 @@ def test_fused_norms_and_clipped_sum_equal_opacus_hooks(seed, unit, dtype, tol):
     sums = dp_fused.clipped_sums(captured, max_grad_norm)
     ref_norms, ref_sums = opacus_clipped(model, x[rows], y[rows], weight, group, n_units, max_grad_norm)
     torch.testing.assert_close(norms, ref_norms, rtol=tol, atol=tol)
+    if grouping is not None:  # the same norms with the first layer's Gram computed per step
+        per_step = dataclasses.replace(captured, grouping=dataclasses.replace(grouping, input_gram=None))
+        torch.testing.assert_close(dp_fused.unit_norms(per_step), ref_norms, rtol=tol, atol=tol)
     assert set(sums) == set(model.parameters())
     for p in model.parameters():
         torch.testing.assert_close(sums[p], ref_sums[p], rtol=tol, atol=tol)

@@ -455,7 +455,7 @@ class DpTrainer:
         people = None
         if subjects is not None:
             _, person = torch.unique(subjects, sorted=True, return_inverse=True)  # people in subject-key order
-            people = dp_fused.People.of(person)
+            people = dp_fused.People.of(person, x)
         m = len(people.count) if people is not None else len(y)
         k = steps_per_epoch(m, batch_size)
         q = 1.0 / k

@@ -68,7 +68,8 @@ class Grouping:
     group: torch.Tensor  # (B,) person 0..people-1 of each row
     slot: torch.Tensor  # (B,) the row's place in a (people, k) grid
     people: int
-    k: int  # most records of one person in the batch
+    k: int  # most records of one person in the stage
+    input_gram: torch.Tensor | None = None  # (people, k, k): x_i.x_j of each person's records, grid order
 
 
 @dataclass
@@ -79,23 +80,35 @@ class People:
     start: torch.Tensor  # (m,) where each person's rows begin in `order`
     count: torch.Tensor  # (m,) rows per person
     weight: torch.Tensor  # (n,) 1 / (the row's person's rows): a person's loss is their mean
+    k: int  # most rows of one person
+    input_gram: torch.Tensor | None = None  # (m, k, k) Gram matrices of each person's input rows
 
     @classmethod
-    def of(cls, person: torch.Tensor) -> People:
-        """`person`: (n,) the person 0..m-1 of each row, every one of them present."""
+    def of(cls, person: torch.Tensor, x: torch.Tensor | None = None) -> People:
+        """`person`: (n,) the person 0..m-1 of each row, every one of them present. With the rows'
+        inputs `x`, each person's Gram of them is computed once here: it is data, the same every
+        step, and the first layer's per-person norms need it."""
         count = torch.bincount(person)
-        return cls(order=torch.argsort(person, stable=True), start=torch.cumsum(count, 0) - count, count=count,
-                   weight=1.0 / count.to(torch.float32)[person])
+        order = torch.argsort(person, stable=True)
+        start = torch.cumsum(count, 0) - count
+        k = int(count.max())
+        gram = None
+        if x is not None:
+            sorted_person = person[order]
+            slot = sorted_person * k + torch.arange(len(order)) - start[sorted_person]
+            grid = x.new_zeros(len(count) * k, x.shape[1]).index_copy_(0, slot, x[order]).view(len(count), k, -1)
+            gram = torch.bmm(grid, grid.transpose(1, 2))
+        return cls(order=order, start=start, count=count, weight=1.0 / count.to(torch.float32)[person], k=k,
+                   input_gram=gram)
 
     def batch(self, people: torch.Tensor) -> tuple[torch.Tensor, Grouping]:
         """Rows of `people` (distinct person ids), person by person, and how they group."""
         count = self.count[people]
         group = torch.repeat_interleave(count)  # 0 0 0 1 2 2 ...
-        first = torch.cumsum(count, 0).sub_(count)
-        within = torch.arange(len(group)).sub_(first[group])
+        within = torch.arange(len(group)).sub_(torch.cumsum(count, 0).sub_(count)[group])
         rows = self.order[self.start[people][group].add_(within)]
-        k = int(count.max())
-        return rows, Grouping(group=group, slot=group * k + within, people=len(people), k=k)
+        return rows, Grouping(group=group, slot=group * self.k + within, people=len(people), k=self.k,
+                              input_gram=self.input_gram[people] if self.input_gram is not None else None)
 
 
 @dataclass
@@ -159,13 +172,17 @@ def unit_norms(c: Captured) -> torch.Tensor:
     n, k = c.grouping.people, c.grouping.k
     grid = c.rows.new_zeros(n * k, c.rows.shape[1]).index_copy_(0, c.grouping.slot, c.rows).view(n, k, -1)
     total = None
-    for g, a, g_rows, a_rows in zip(*c.blocks(grid, 2), *c.blocks(c.rows, 1)):
+    for i, (m, g, a, g_rows, a_rows) in enumerate(zip(c.linear, *c.blocks(grid, 2), *c.blocks(c.rows, 1))):
         if g.shape[2] <= HEAD_WIDTH:
             per_person = c.rows.new_zeros(n, g.shape[2], a.shape[2]).index_add_(
                 0, c.grouping.group, g_rows.unsqueeze(2) * a_rows.unsqueeze(1))
             term = per_person.mul_(per_person).sum((1, 2))
         else:
-            term = torch.bmm(g, g.transpose(1, 2)).mul_(torch.bmm(a, a.transpose(1, 2))).sum((1, 2))
+            if i == 0 and c.grouping.input_gram is not None:  # â_i.â_j = x_i.x_j (+ 1), computed per stage
+                aa = c.grouping.input_gram + 1.0 if m.bias is not None else c.grouping.input_gram
+            else:
+                aa = torch.bmm(a, a.transpose(1, 2))
+            term = torch.bmm(g, g.transpose(1, 2)).mul_(aa).sum((1, 2))
         total = term if total is None else total.add_(term)
     return total.clamp_(min=0).sqrt_()  # rounding can leave a Gram's sum a tiny negative
 
