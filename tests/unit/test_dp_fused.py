@@ -82,7 +82,7 @@ def test_fused_norms_and_clipped_sum_equal_opacus_hooks(seed, unit, dtype, tol):
     if unit == "record":
         rows, grouping, weight, group, n_units = torch.arange(len(y)), None, None, None, len(y)
     else:
-        people = dp_fused.People.of(person, x)  # as training builds it: each person's input Gram once a stage
+        people = dp_fused.People.of(person, dp_fused.input_rows(chain, x))  # as training builds it
         rows, grouping = people.batch(sampled)
         weight, group, n_units = people.weight[rows].to(dtype), grouping.group, len(sampled)
         assert set(person[rows].tolist()) == set(sampled.tolist())  # every record of the sampled, no other

@@ -455,8 +455,8 @@ class DpTrainer:
         people = None
         if subjects is not None:
             _, person = torch.unique(subjects, sorted=True, return_inverse=True)  # people in subject-key order
-            people = dp_fused.People.of(person, x)
-        m = len(people.count) if people is not None else len(y)
+            people = dp_fused.People.of(person, dp_fused.input_rows(self.chain, x))
+        m = len(people.table) if people is not None else len(y)
         k = steps_per_epoch(m, batch_size)
         q = 1.0 / k
         gen_sample, gen_noise = torch.Generator(), torch.Generator()

@@ -69,46 +69,51 @@ class Grouping:
     slot: torch.Tensor  # (B,) the row's place in a (people, k) grid
     people: int
     k: int  # most records of one person in the stage
-    input_gram: torch.Tensor | None = None  # (people, k, k): x_i.x_j of each person's records, grid order
+    input_gram: torch.Tensor | None = None  # (people, k, k): â_i.â_j of the input layer, grid order
 
 
 @dataclass
 class People:
-    """A stage's rows grouped by person, to turn sampled people into the batch of their rows."""
+    """A stage's rows by person, to turn sampled people into the batch of their rows."""
 
-    order: torch.Tensor  # rows sorted by person (stable)
-    start: torch.Tensor  # (m,) where each person's rows begin in `order`
-    count: torch.Tensor  # (m,) rows per person
+    table: torch.Tensor  # (m, k): the rows of each person in order (stable), then -1s
     weight: torch.Tensor  # (n,) 1 / (the row's person's rows): a person's loss is their mean
-    k: int  # most rows of one person
-    input_gram: torch.Tensor | None = None  # (m, k, k) Gram matrices of each person's input rows
+    input_gram: torch.Tensor | None = None  # (m, k, k) Gram matrices of each person's `inputs` rows
+
+    @property
+    def k(self) -> int:
+        """Most rows of one person."""
+        return self.table.shape[1]
 
     @classmethod
-    def of(cls, person: torch.Tensor, x: torch.Tensor | None = None) -> People:
-        """`person`: (n,) the person 0..m-1 of each row, every one of them present. With the rows'
-        inputs `x`, each person's Gram of them is computed once here: it is data, the same every
-        step, and the first layer's per-person norms need it."""
+    def of(cls, person: torch.Tensor, inputs: torch.Tensor | None = None) -> People:
+        """`person`: (n,) the person 0..m-1 of each row, every one of them present. `inputs`: the
+        rows as the first linear layer sees them (`input_rows`); each person's Gram of them is data,
+        the same at every step, so it is computed once here."""
         count = torch.bincount(person)
+        m, k = len(count), int(count.max())
         order = torch.argsort(person, stable=True)
-        start = torch.cumsum(count, 0) - count
-        k = int(count.max())
+        by_person = person[order]
+        slot = by_person * k + torch.arange(len(order)) - (torch.cumsum(count, 0) - count)[by_person]
         gram = None
-        if x is not None:
-            sorted_person = person[order]
-            slot = sorted_person * k + torch.arange(len(order)) - start[sorted_person]
-            grid = x.new_zeros(len(count) * k, x.shape[1]).index_copy_(0, slot, x[order]).view(len(count), k, -1)
+        if inputs is not None:
+            grid = inputs.new_zeros(m * k, inputs.shape[1]).index_copy_(0, slot, inputs[order]).view(m, k, -1)
             gram = torch.bmm(grid, grid.transpose(1, 2))
-        return cls(order=order, start=start, count=count, weight=1.0 / count.to(torch.float32)[person], k=k,
-                   input_gram=gram)
+        return cls(table=torch.full((m * k,), -1).index_copy_(0, slot, order).view(m, k),
+                   weight=1.0 / count.to(torch.float32)[person], input_gram=gram)
 
     def batch(self, people: torch.Tensor) -> tuple[torch.Tensor, Grouping]:
         """Rows of `people` (distinct person ids), person by person, and how they group."""
-        count = self.count[people]
-        group = torch.repeat_interleave(count)  # 0 0 0 1 2 2 ...
-        within = torch.arange(len(group)).sub_(torch.cumsum(count, 0).sub_(count)[group])
-        rows = self.order[self.start[people][group].add_(within)]
-        return rows, Grouping(group=group, slot=group * self.k + within, people=len(people), k=self.k,
-                              input_gram=self.input_gram[people] if self.input_gram is not None else None)
+        table = self.table[people].view(-1)
+        slot = torch.nonzero(table >= 0).squeeze(1)
+        return table[slot], Grouping(group=slot // self.k, slot=slot, people=len(people), k=self.k,
+                                     input_gram=self.input_gram[people] if self.input_gram is not None else None)
+
+
+def input_rows(layers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """â of the chain's first linear layer for inputs `x`: x, and a column of ones if it has a bias."""
+    first = next(m for m in layers if isinstance(m, nn.Linear))
+    return torch.cat([x, x.new_ones(len(x), 1)], 1) if first.bias is not None else x
 
 
 @dataclass
@@ -151,7 +156,7 @@ def capture(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, weight: t
                 if i > first:
                     g = g @ m.weight
             elif isinstance(m, nn.ReLU):
-                g = g * (hs[i + 1] > 0)
+                g = torch.ops.aten.threshold_backward(g, hs[i + 1], 0.0)  # ReLU's own backward: g where out > 0
         linear = [m for m in layers if isinstance(m, nn.Linear)]
         widths = [g.shape[1] for g in reversed(grads)] + [m.in_features + (m.bias is not None) for m in linear]
         return Captured(linear=linear, rows=torch.cat(grads[::-1] + acts[::-1], 1), widths=tuple(widths),
@@ -171,19 +176,20 @@ def unit_norms(c: Captured) -> torch.Tensor:
     # (g_i.g_j)(â_i.â_j), from (people, k, k) Gram matrices; a narrow one's (the head) summed outright
     n, k = c.grouping.people, c.grouping.k
     grid = c.rows.new_zeros(n * k, c.rows.shape[1]).index_copy_(0, c.grouping.slot, c.rows).view(n, k, -1)
-    total = None
-    for i, (m, g, a, g_rows, a_rows) in enumerate(zip(c.linear, *c.blocks(grid, 2), *c.blocks(c.rows, 1))):
+    pairs, total = None, torch.zeros(n, dtype=c.rows.dtype)
+    for i, (g, a, g_rows, a_rows) in enumerate(zip(*c.blocks(grid, 2), *c.blocks(c.rows, 1))):
         if g.shape[2] <= HEAD_WIDTH:
             per_person = c.rows.new_zeros(n, g.shape[2], a.shape[2]).index_add_(
                 0, c.grouping.group, g_rows.unsqueeze(2) * a_rows.unsqueeze(1))
-            term = per_person.mul_(per_person).sum((1, 2))
+            total.add_(per_person.mul_(per_person).sum((1, 2)))
         else:
-            if i == 0 and c.grouping.input_gram is not None:  # â_i.â_j = x_i.x_j (+ 1), computed per stage
-                aa = c.grouping.input_gram + 1.0 if m.bias is not None else c.grouping.input_gram
+            if i == 0 and c.grouping.input_gram is not None:  # the input layer's â_i.â_j: data, once per stage
+                term = torch.bmm(g, g.transpose(1, 2)).mul_(c.grouping.input_gram)
             else:
-                aa = torch.bmm(a, a.transpose(1, 2))
-            term = torch.bmm(g, g.transpose(1, 2)).mul_(aa).sum((1, 2))
-        total = term if total is None else total.add_(term)
+                term = torch.bmm(g, g.transpose(1, 2)).mul_(torch.bmm(a, a.transpose(1, 2)))
+            pairs = term if pairs is None else pairs.add_(term)
+    if pairs is not None:
+        total.add_(pairs.sum((1, 2)))
     return total.clamp_(min=0).sqrt_()  # rounding can leave a Gram's sum a tiny negative
 
 
