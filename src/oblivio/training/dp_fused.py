@@ -176,20 +176,22 @@ def unit_norms(c: Captured) -> torch.Tensor:
     # (g_i.g_j)(â_i.â_j), from (people, k, k) Gram matrices; a narrow one's (the head) summed outright
     n, k = c.grouping.people, c.grouping.k
     grid = c.rows.new_zeros(n * k, c.rows.shape[1]).index_copy_(0, c.grouping.slot, c.rows).view(n, k, -1)
-    pairs, total = None, torch.zeros(n, dtype=c.rows.dtype)
+    pairs, outright = None, None  # (people, k, k) summed over the Gram layers; (people,) over the narrow ones
     for i, (g, a, g_rows, a_rows) in enumerate(zip(*c.blocks(grid, 2), *c.blocks(c.rows, 1))):
         if g.shape[2] <= HEAD_WIDTH:
             per_person = c.rows.new_zeros(n, g.shape[2], a.shape[2]).index_add_(
                 0, c.grouping.group, g_rows.unsqueeze(2) * a_rows.unsqueeze(1))
-            total.add_(per_person.mul_(per_person).sum((1, 2)))
-        else:
-            if i == 0 and c.grouping.input_gram is not None:  # the input layer's â_i.â_j: data, once per stage
-                term = torch.bmm(g, g.transpose(1, 2)).mul_(c.grouping.input_gram)
-            else:
-                term = torch.bmm(g, g.transpose(1, 2)).mul_(torch.bmm(a, a.transpose(1, 2)))
-            pairs = term if pairs is None else pairs.add_(term)
-    if pairs is not None:
-        total.add_(pairs.sum((1, 2)))
+            term = per_person.mul_(per_person).sum((1, 2))
+            outright = term if outright is None else outright.add_(term)
+            continue
+        gg = torch.bmm(g, g.transpose(1, 2))
+        # the input layer's â_i.â_j is data: computed once per stage (People.of)
+        aa = c.grouping.input_gram if i == 0 and c.grouping.input_gram is not None else \
+            torch.bmm(a, a.transpose(1, 2))
+        pairs = gg.mul_(aa) if pairs is None else pairs.addcmul_(gg, aa)
+    total = pairs.sum((1, 2)) if pairs is not None else None
+    if outright is not None:
+        total = outright if total is None else total.add_(outright)
     return total.clamp_(min=0).sqrt_()  # rounding can leave a Gram's sum a tiny negative
 
 
