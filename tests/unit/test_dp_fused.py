@@ -88,7 +88,7 @@ def test_fused_norms_and_clipped_sum_equal_opacus_hooks(seed, unit, dtype, tol):
         assert set(person[rows].tolist()) == set(sampled.tolist())  # every record of the sampled, no other
         assert len(rows) == int(torch.isin(person, sampled).sum())
         assert torch.equal(person[rows], sampled[group])  # grouped person by person
-    captured = dp_fused.capture(chain, x[rows], y[rows], weight, grouping)
+    captured = dp_fused.capture(chain, x[rows], dp_fused.one_hot(chain, y[rows], dtype), weight, grouping)
     norms = dp_fused.unit_norms(captured)
     max_grad_norm = float(norms.median())  # some units clipped, some not
     sums = dp_fused.clipped_sums(captured, max_grad_norm)
@@ -109,7 +109,7 @@ def test_the_optimizer_puts_the_clipped_sum_in_and_an_empty_batch_is_zeros():
     x, y, _, _ = batch_of_people(1, model[0].in_features, model[-1].out_features, torch.float32)
     opt = dp_fused.FusedDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0,
                                     max_grad_norm=0.3, expected_batch_size=4.0)
-    opt.captured = dp_fused.capture(chain, x, y)
+    opt.captured = dp_fused.capture(chain, x, dp_fused.one_hot(chain, y))
     expected = dp_fused.clipped_sums(opt.captured, 0.3)
     opt.accumulate()  # what Opacus' pre_step calls first
     assert all(torch.equal(p.summed_grad, expected[p]) for p in model.parameters())

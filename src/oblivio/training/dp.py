@@ -457,6 +457,7 @@ class DpTrainer:
             _, person = torch.unique(subjects, sorted=True, return_inverse=True)  # people in subject-key order
             people = dp_fused.People.of(person, dp_fused.input_rows(self.chain, x))
         m = len(people.table) if people is not None else len(y)
+        targets = dp_fused.one_hot(self.chain, y, x.dtype)
         k = steps_per_epoch(m, batch_size)
         q = 1.0 / k
         gen_sample, gen_noise = torch.Generator(), torch.Generator()
@@ -477,10 +478,11 @@ class DpTrainer:
                 if len(idx) == 0:  # nobody sampled: the step is noise alone, as the accountant assumes
                     dp_opt.captured = None
                 elif people is None:
-                    dp_opt.captured = dp_fused.capture(self.chain, x[idx], y[idx])
+                    dp_opt.captured = dp_fused.capture(self.chain, x[idx], targets[idx])
                 else:
                     rows, grouping = people.batch(idx)
-                    dp_opt.captured = dp_fused.capture(self.chain, x[rows], y[rows], people.weight[rows], grouping)
+                    dp_opt.captured = dp_fused.capture(self.chain, x[rows], targets[rows], people.weight[rows],
+                                                        grouping)
                 dp_opt.step()
         dp_opt.zero_grad(set_to_none=True)
 

@@ -132,17 +132,24 @@ class Captured:
         return parts[:len(self.linear)], parts[len(self.linear):]
 
 
-def capture(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
+def one_hot(layers: list[nn.Module], y: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Class ids as the one-hot rows `capture` takes (made once per stage, not per step)."""
+    last = [m for m in layers if isinstance(m, nn.Linear)][-1]
+    return nn.functional.one_hot(y, last.out_features).to(dtype)
+
+
+def capture(layers: list[nn.Module], x: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
             grouping: Grouping | None = None) -> Captured:
     """Forward through the chain and back to each linear layer's output, by hand: cross-entropy's
-    gradient w.r.t. the logits is softmax - onehot, a linear layer passes g W down, a ReLU passes
-    g where its output is positive. No autograd graph (its engine costs more than the arithmetic
-    here) and no weight gradients (`clipped_sums` computes the clipped ones)."""
+    gradient w.r.t. the logits is softmax - onehot (`targets`: `one_hot` rows), a linear layer
+    passes g W down, a ReLU passes g where its output is positive. No autograd graph (its engine
+    costs more than the arithmetic here) and no weight gradients (`clipped_sums` computes the
+    clipped ones)."""
     with torch.no_grad():
         hs = [x]
         for m in layers:
             hs.append(m(hs[-1]))
-        g = torch.softmax(hs[-1], 1).sub_(nn.functional.one_hot(y, hs[-1].shape[1]))
+        g = torch.softmax(hs[-1], 1).sub_(targets)
         if weight is not None:
             g.mul_(weight.unsqueeze(1))
         first = next(i for i, m in enumerate(layers) if isinstance(m, nn.Linear))
