@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/dp_recipe.py [--fraction 1.0] [RUN ...]
 
-    RUN = unit,epsilon,batch,epochs_per_slice,lr,max_grad_norm (epsilon 0 = DP off),
-    e.g. record,8,256,4,0.01,1. Without RUNs: DP off at the train.* defaults, then the
-    six DP runs at the dp.* defaults.
+    RUN = unit,epsilon,batch,epochs_per_slice,lr,max_grad_norm[,grad_sample_mode] (epsilon 0 =
+    DP off; mode default dp.grad_sample_mode), e.g. record,8,256,4,0.01,1 or
+    subject,8,64,4,0.01,1,fused. Without RUNs: DP off at the train.* defaults, then the six DP
+    runs at the dp.* defaults.
 
 nlswork, 8 shards x 4 slices, people placed by a fixed hash, 20 % of people held out,
 the real `train_shard` (Opacus, Poisson sampling, calibrated noise) and a mean-proba
@@ -63,7 +64,7 @@ def load(fraction: float):
     return shards, torch.from_numpy(x[hold]), y[hold], enc.width, len(df)
 
 
-def run(data, unit: str, eps: float, bs: int, epochs: int, lr: float, clip: float) -> dict:
+def run(data, unit: str, eps: float, bs: int, epochs: int, lr: float, clip: float, mode: str) -> dict:
     shards, xh, yh, width, _ = data
     enter_torch()
     t = time.perf_counter()
@@ -72,7 +73,8 @@ def run(data, unit: str, eps: float, bs: int, epochs: int, lr: float, clip: floa
         sigma = max(D.calibrate_shard_noise(
             D.subject_stage_sizes(d.slices, d.subjects, SLICES) if unit == "subject" else D.stage_sizes(d.slices, SLICES),
             batch_size=bs, epochs_per_slice=epochs, target_epsilon=eps, delta=DELTA) for d in shards)
-        spec = D.DpSpec(noise_multiplier=sigma, max_grad_norm=clip, delta=DELTA, unit=unit, target_epsilon=eps)
+        spec = D.DpSpec(noise_multiplier=sigma, max_grad_norm=clip, delta=DELTA, unit=unit, target_epsilon=eps,
+                        grad_sample_mode=mode)
     recipe = Recipe(model="mlp", hidden=tuple(P.train.hidden), n_inputs=width, n_classes=2, epochs_per_slice=epochs,
                     batch_size=bs, lr=lr, weight_decay=0.0, seed=1, dp=spec)
     probs, spent = 0.0, []
@@ -84,7 +86,7 @@ def run(data, unit: str, eps: float, bs: int, epochs: int, lr: float, clip: floa
             with torch.no_grad():
                 probs = probs + torch.softmax(load_final_model(recipe, SECRET, f"s{s}", store, res.chain[-1])(xh), 1).numpy()
     pred = np.asarray(probs).argmax(1)
-    return {"unit": unit, "eps": eps, "bs": bs, "epochs": epochs, "lr": lr, "clip": clip,
+    return {"unit": unit, "eps": eps, "bs": bs, "epochs": epochs, "lr": lr, "clip": clip, "mode": mode,
             "accuracy": float((pred == yh).mean()), "positive_share": float(pred.mean()),
             "sigma": spec.noise_multiplier if spec else None, "spent": max(spent), "seconds": time.perf_counter() - t}
 
@@ -106,11 +108,12 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     base = None
     for spec in runs:
-        u, e, b, ep, lr, c = spec.split(",")
-        r = run(data, u, float(e), int(b), int(ep), float(lr), float(c))
+        u, e, b, ep, lr, c, *mode = spec.split(",")
+        r = run(data, u, float(e), int(b), int(ep), float(lr), float(c), mode[0] if mode else P.dp.grad_sample_mode)
         base = r["accuracy"] if base is None else base
         sigma = "–" if r["sigma"] is None else f"{r['sigma']:.3f}"
-        name = "DP off" if not r["eps"] else f"per {'person' if u == 'subject' else 'record'}, epsilon {r['eps']:g}"
+        name = "DP off" if not r["eps"] else (f"per {'person' if u == 'subject' else 'record'}, epsilon {r['eps']:g}, "
+                                              f"{r['mode']}")
         print(f"| {name} | {b} | {ep} | {lr} | {c} | {sigma} | "
               f"{r['spent']:.3f} | {r['accuracy']:.4f} | {100 * (r['accuracy'] - base):+.1f} points | "
               f"{r['positive_share']:.3f} | {r['seconds']:.1f} |", flush=True)

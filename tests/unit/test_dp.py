@@ -71,7 +71,7 @@ def train(data, store_dir, recipe, secret=SECRET, **kw):
                        store=CheckpointStore(store_dir), **kw)
 
 
-@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+@pytest.mark.parametrize("mode", dp.GRAD_SAMPLE_MODES)
 def test_dp_training_is_deterministic_and_keyed_by_the_secret(tmp_path, sigmas, mode):
     recipe = dp_recipe(sigmas[8.0], mode=mode)
     a = train(make_data(), tmp_path / "a", recipe)
@@ -83,7 +83,7 @@ def test_dp_training_is_deterministic_and_keyed_by_the_secret(tmp_path, sigmas, 
     assert other.epsilon == a.epsilon  # the accounting depends on the plan, not on the noise drawn
 
 
-@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+@pytest.mark.parametrize("mode", dp.GRAD_SAMPLE_MODES)
 def test_resume_at_a_middle_stage_gives_the_same_bits_and_epsilon(tmp_path, sigmas, mode):
     recipe = dp_recipe(sigmas[8.0], mode=mode)
     full = train(make_data(), tmp_path, recipe)
@@ -100,9 +100,10 @@ def test_resume_at_a_middle_stage_gives_the_same_bits_and_epsilon(tmp_path, sigm
     assert reused.weights_sha256 == full.weights_sha256
 
 
-def test_erasure_resume_equals_scratch_under_dp(tmp_path, sigmas):
+@pytest.mark.parametrize("mode", ["ghost", "fused"])
+def test_erasure_resume_equals_scratch_under_dp(tmp_path, sigmas, mode):
     """Sigma lives in the recipe, so stage r depends on slices 0..r only: SISA's exactness holds."""
-    recipe = dp_recipe(sigmas[8.0])
+    recipe = dp_recipe(sigmas[8.0], mode=mode)
     data = make_data()
     train(data, tmp_path / "memo", recipe)
     reduced = drop(data, int(np.flatnonzero(data.slices == 1)[0]))
@@ -187,11 +188,29 @@ def test_dp_changes_the_weights_and_a_non_dp_recipe_is_unchanged(tmp_path, sigma
 def test_recipe_digest_covers_dp_and_survives_a_json_round_trip(sigmas):
     recipe = dp_recipe(sigmas[8.0])
     assert len({recipe.digest(), RECIPE.digest(), dp_recipe(sigmas[1.0]).digest(),
-                dp_recipe(sigmas[8.0], mode="hooks").digest(), dp_recipe(sigmas[8.0], accountant="rdp").digest()}) == 5
+                dp_recipe(sigmas[8.0], mode="hooks").digest(), dp_recipe(sigmas[8.0], accountant="rdp").digest(),
+                dp_recipe(sigmas[8.0], mode="fused").digest()}) == 6
     # as the ensemble reads a recipe back from its manifest
     blob = json.loads(json.dumps(dataclasses.asdict(recipe)))
     back = Recipe(**{**blob, "hidden": tuple(blob["hidden"])})
     assert back == recipe and back.digest() == recipe.digest() and isinstance(back.dp, dp.DpSpec)
+
+
+# digests of DP recipes made before the fused mode existed: adding it changed no checkpoint key
+OLD_DP_DIGESTS = {
+    "ghost": "92968c080d930bf5e07968d875d7619cc67da910561fd5e271e21d0e8912bcc7",
+    "hooks": "21fc3df6e9fa27c9a2c1ec38168978f4559fdb7adf0a26a8b18907bb49324bbf",
+    "subject": "48a44c4633cda4cb38b1ac2cb194b19a5644558d11cd7c80cf4c5e4219ee5071",
+}
+
+
+def test_dp_recipes_made_before_the_fused_mode_keep_their_digests():
+    assert {mode: dp_recipe(1.3, mode=mode).digest() for mode in ("ghost", "hooks")} == {
+        k: OLD_DP_DIGESTS[k] for k in ("ghost", "hooks")}
+    subject = dataclasses.replace(RECIPE, batch_size=8, dp=dp.DpSpec(noise_multiplier=1.0, max_grad_norm=0.5,
+                                                                      delta=DELTA, unit="subject"))
+    assert subject.digest() == OLD_DP_DIGESTS["subject"]
+    assert dp_recipe(1.3, mode="fused").digest() not in OLD_DP_DIGESTS.values()
 
 
 def test_dp_spec_rejects_bad_values():
@@ -205,12 +224,13 @@ def test_dp_spec_rejects_bad_values():
         dp.DpSpec(noise_multiplier=1.0, max_grad_norm=1.0, delta=1.0)
 
 
-def test_empty_poisson_batches_are_noised_and_accounted():
+@pytest.mark.parametrize("mode", dp.GRAD_SAMPLE_MODES)
+def test_empty_poisson_batches_are_noised_and_accounted(mode):
     torch.manual_seed(0)
     model = build_model("mlp", n_inputs=6, hidden=(4,), n_classes=2, seed=0)
     before = [p.detach().clone() for p in model.parameters()]
     trainer = dp.DpTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1),
-                           dp.DpSpec(noise_multiplier=1.0, max_grad_norm=1.0, delta=DELTA))
+                           dp.DpSpec(noise_multiplier=1.0, max_grad_norm=1.0, delta=DELTA, grad_sample_mode=mode))
     x, y = torch.randn(50, 6), torch.zeros(50, dtype=torch.long)
     trainer.train_stage(x, y, batch_size=1, epochs=1, seed_for=lambda stream, epoch: 1)  # q = 1/50: mostly empty
     trainer.close()

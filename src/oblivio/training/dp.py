@@ -41,7 +41,9 @@ contribution is the gradient of their mean loss over all their records in the st
 Opacus' DP optimizer clips each person's contribution to `max_grad_norm` and adds the
 noise. Opacus' grad sampler computes per-record gradients (hooks); they are summed per
 person (`index_add_`) into the per-sample gradients the optimizer clips, so "one sample"
-is one person. The history is (sigma, q_r, steps) over people, and the accountant then
+is one person. With `grad_sample_mode` "fused" (MLPs, `dp_fused`) each person's norm and
+the clipped sum come from the layers' inputs and output gradients instead, with no
+per-record gradients; sampling, noise and accounting are the same. The history is (sigma, q_r, steps) over people, and the accountant then
 bounds a whole person's data: removing or adding a person, with all their records.
 
 Heavy imports (opacus, dp_accounting) are lazy.
@@ -58,7 +60,7 @@ import torch
 from torch import nn
 
 ACCOUNTANTS = ("prv", "rdp")
-GRAD_SAMPLE_MODES = ("ghost", "hooks")
+GRAD_SAMPLE_MODES = ("ghost", "hooks", "fused")
 UNITS = ("subject", "record")
 
 History = list[tuple[float, float, int]]  # (noise multiplier, sample rate, steps), as Opacus keeps it
@@ -78,8 +80,10 @@ class DpSpec:
     delta: float
     accountant: str = "prv"  # prv | rdp
     target_epsilon: float = 8.0
-    grad_sample_mode: str = "ghost"  # ghost (ghost clipping, fastest) | hooks (per-sample gradients)
-    unit: str = "record"  # record | subject: what one sample (and so the guarantee) is; subject uses hooks
+    # ghost (Opacus' ghost clipping) | hooks (Opacus' per-sample gradients) | fused (dp_fused: MLPs; other
+    # models take Opacus' path of the unit); per person, ghost and hooks both mean Opacus' hooks
+    grad_sample_mode: str = "ghost"
+    unit: str = "record"  # record | subject: what one sample (and so the guarantee) is
 
     def __post_init__(self):
         if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
@@ -323,15 +327,22 @@ class DpTrainer:
         _quiet_opacus_hooks()
         self.model, self.optimizer, self.spec = model, optimizer, spec
         self.last_people: torch.Tensor | None = None  # people sampled in the last subject-level step (for tests)
-        if spec.unit == "subject":  # per-record gradients, summed per person before Opacus clips them
-            self.gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-        elif spec.grad_sample_mode == "ghost":
-            self.gsm = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean",
-                                                            max_grad_norm=spec.max_grad_norm,
-                                                            use_ghost_clipping=True)
-        else:
-            self.gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-        self.gsm.forbid_grad_accumulation()  # Poisson sampling: one batch per step
+        self.chain = None  # the model's layers when fused clipping trains it: no grad sampler, no hooks
+        if spec.grad_sample_mode == "fused":
+            from oblivio.training import dp_fused
+
+            self.chain = dp_fused.linear_chain(model)  # None (not an MLP, e.g. the CNN): Opacus' path below
+        self.gsm = None
+        if self.chain is None:
+            if spec.unit == "subject":  # per-record gradients, summed per person before Opacus clips them
+                self.gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+            elif spec.grad_sample_mode == "hooks":
+                self.gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+            else:  # ghost, or fused on a model that is not a chain of linear layers
+                self.gsm = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean",
+                                                                max_grad_norm=spec.max_grad_norm,
+                                                                use_ghost_clipping=True)
+            self.gsm.forbid_grad_accumulation()  # Poisson sampling: one batch per step
         self.accountant = create_accountant(mechanism=spec.accountant)
         self.accountant.history = list(_merge(history))
 
@@ -346,9 +357,12 @@ class DpTrainer:
                     subjects: torch.Tensor | None = None) -> None:
         """One stage: `epochs` epochs of Poisson-sampled steps over records, or (unit subject) over
         the people `subjects` names (one integer per row)."""
+        if self.spec.unit == "subject" and subjects is None:
+            raise ValueError("subject-level DP needs the subject of every row")
+        if self.chain is not None:
+            return self._train_stage_fused(x, y, subjects if self.spec.unit == "subject" else None,
+                                           batch_size=batch_size, epochs=epochs, seed_for=seed_for)
         if self.spec.unit == "subject":
-            if subjects is None:
-                raise ValueError("subject-level DP needs the subject of every row")
             return self._train_stage_by_subject(x, y, subjects, batch_size=batch_size, epochs=epochs,
                                                 seed_for=seed_for)
         from opacus.optimizers import get_optimizer_class
@@ -361,7 +375,8 @@ class DpTrainer:
         k = steps_per_epoch(n, batch_size)
         q = 1.0 / k
         gen_sample, gen_noise = torch.Generator(), torch.Generator()
-        optim_cls = get_optimizer_class(clipping="flat", distributed=False, grad_sample_mode=self.spec.grad_sample_mode)
+        mode = "ghost" if self.spec.grad_sample_mode == "fused" else self.spec.grad_sample_mode  # fused, not an MLP
+        optim_cls = get_optimizer_class(clipping="flat", distributed=False, grad_sample_mode=mode)
         # expected batch n*q (Opacus truncates it to an int; the exact value is the unbiased mean)
         dp_opt = optim_cls(self.optimizer, noise_multiplier=self.spec.noise_multiplier,
                            max_grad_norm=self.spec.max_grad_norm, expected_batch_size=n / k, loss_reduction="mean",
@@ -369,7 +384,7 @@ class DpTrainer:
         # the accountant counts the steps that were actually noised, at this stage's rate
         dp_opt.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=q))
         criterion: Callable = nn.CrossEntropyLoss()
-        if self.spec.grad_sample_mode == "ghost":
+        if mode == "ghost":
             criterion = DPLossFastGradientClipping(self.gsm, dp_opt, criterion, loss_reduction="mean")
         sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=gen_sample, steps=k)
         self.gsm.train()
@@ -428,6 +443,50 @@ class DpTrainer:
                 dp_opt.step()
         dp_opt.zero_grad(set_to_none=True)
 
+    def _train_stage_fused(self, x: torch.Tensor, y: torch.Tensor, subjects: torch.Tensor | None, *,
+                           batch_size: int, epochs: int, seed_for: SeedFor) -> None:
+        """Records or (with `subjects`) people, sampled as on Opacus' path, clipped by dp_fused."""
+        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+        from oblivio.training import dp_fused
+
+        if len(y) == 0:
+            return
+        people = None
+        if subjects is not None:
+            _, person = torch.unique(subjects, sorted=True, return_inverse=True)  # people in subject-key order
+            people = dp_fused.People.of(person, dp_fused.input_rows(self.chain, x))
+        m = len(people.table) if people is not None else len(y)
+        targets = dp_fused.one_hot(self.chain, y, x.dtype)
+        k = steps_per_epoch(m, batch_size)
+        q = 1.0 / k
+        gen_sample, gen_noise = torch.Generator(), torch.Generator()
+        dp_opt = dp_fused.FusedDPOptimizer(self.optimizer, noise_multiplier=self.spec.noise_multiplier,
+                                           max_grad_norm=self.spec.max_grad_norm, expected_batch_size=m / k,
+                                           loss_reduction="mean", generator=gen_noise, secure_mode=False)
+        dp_opt.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=q))
+        sampler = UniformWithReplacementSampler(num_samples=m, sample_rate=q, generator=gen_sample, steps=k)
+        self.model.train()
+        for epoch in range(epochs):
+            gen_sample.manual_seed(seed_for("dp-sample", epoch))
+            gen_noise.manual_seed(seed_for("dp-noise", epoch))
+            for batch in sampler:
+                idx = torch.as_tensor(batch, dtype=torch.long)
+                dp_opt.zero_grad(set_to_none=True)
+                if people is not None:
+                    self.last_people = idx
+                if len(idx) == 0:  # nobody sampled: the step is noise alone, as the accountant assumes
+                    dp_opt.captured = None
+                elif people is None:
+                    dp_opt.captured = dp_fused.capture(self.chain, x[idx], targets[idx])
+                else:
+                    rows, grouping = people.batch(idx)
+                    dp_opt.captured = dp_fused.capture(self.chain, x[rows], targets[rows], people.weight[rows],
+                                                        grouping)
+                dp_opt.step()
+        dp_opt.zero_grad(set_to_none=True)
+
     def close(self) -> None:
         """Remove Opacus' hooks and per-parameter attributes from the model."""
-        self.gsm._close()
+        if self.gsm is not None:
+            self.gsm._close()
