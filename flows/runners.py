@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
@@ -35,15 +36,29 @@ def make_task_runner(kind: str, *, max_workers: int, dask_address: str = "", env
 
 def _load_training() -> None:
     """In a pool worker, before its first shard, what that shard would load (seconds of it): the
-    training code and torch, the part of torch an optimiser's first step imports, and Prefect's
-    task engine with its API client, log and event workers (one no-op task run, `warm-up`)."""
-    from prefect import task
-
+    training code and torch, and the part of torch an optimiser's first step imports."""
     import oblivio.shard_training  # noqa: F401
     from oblivio.flows.warm import first_optimiser_step
 
     first_optimiser_step()
-    task(name="warm-up", persist_result=False)(lambda: None)()
+
+
+class WorkerPoolTaskRunner(ThreadPoolTaskRunner):
+    """Task runs in threads of the flow's process, their heavy bodies on `worker_pool`.
+
+    Prefect's engine runs each task run here, so it costs what a thread's does; a task that
+    trains hands its work to `worker_pool` (tasks/stages.py, `on_worker_pool`). A Prefect task
+    run on a Dask worker would rebuild the flow's settings context from its serialised copy
+    and open an API client before the body starts, which costs more than a reused shard's
+    whole check.
+    """
+
+    def __init__(self, max_workers: int, worker_pool: Executor) -> None:
+        super().__init__(max_workers=max_workers)
+        self.worker_pool = worker_pool
+
+    def duplicate(self) -> WorkerPoolTaskRunner:  # Prefect enters a duplicate for each flow run
+        return type(self)(max_workers=self._max_workers, worker_pool=self.worker_pool)
 
 
 @contextmanager
@@ -53,16 +68,16 @@ def warm_task_runner(kind: str, *, max_workers: int, dask_address: str = "") -> 
     A process pool is started, and stopped, by every flow run: spawning workers that import
     torch, then waiting for them to exit, costs more than a growth run's training. So for
     `process` (and `dask` without an address) the workers are a local Dask cluster of
-    `max_workers` single-threaded processes started here once, with the training code loaded;
-    each run connects to it. They inherit this process's environment, so its pinned numerics.
+    `max_workers` single-threaded processes started here once, with the training code loaded,
+    and the runs' training tasks hand their work to it (`WorkerPoolTaskRunner`). The workers
+    inherit this process's environment, so its pinned numerics.
     """
     if kind not in ("process", "dask") or dask_address:
         yield make_task_runner(kind, max_workers=max_workers, dask_address=dask_address)
         return
     from distributed import Client, LocalCluster
-    from prefect_dask import DaskTaskRunner
 
     with LocalCluster(n_workers=max_workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster) as client:
             client.run(_load_training)
-        yield DaskTaskRunner(address=cluster.scheduler_address)
+            yield WorkerPoolTaskRunner(max_workers, client.get_executor(pure=False))

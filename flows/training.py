@@ -21,8 +21,10 @@ def training_pipeline(root: str, n_shards: int, *, baseline: bool | None = None,
         baseline = WorkspaceDir(Path(root)).params.report.baseline
     ingested = t.ingest(root, reslice)
     clock.lap("ingest")
-    shard_futures = [t.train_shard.submit(root, k, from_scratch) for k in range(n_shards)]
+    # the baseline first: it is the longest task (all the rows), so a worker starts it while the
+    # others take the shards, rather than the run ending on it alone
     baseline_future = t.train_baseline.submit(root, from_scratch) if baseline else None
+    shard_futures = [t.train_shard.submit(root, k, from_scratch) for k in range(n_shards)]
     shards = [f.result() for f in shard_futures]
     clock.lap("train")
     t.publish_models(root, shards)

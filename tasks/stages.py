@@ -6,7 +6,9 @@ storage that a later erasure would have to find.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -14,9 +16,21 @@ from prefect.cache_policies import NO_CACHE
 from oblivio import evaluation, ingestion, lineage, openlineage_events, publishing, registry, shard_training
 from oblivio.step_results import Promotion, Registered, RunRecord
 
+R = TypeVar("R")
+
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def on_worker_pool(fn: Callable[..., R], *args, **kwargs) -> R:
+    """`fn(*args, **kwargs)` on the flow's worker pool when its task runner has one (`serve`'s
+    warm workers: flows/runners.py), else in this task run's own thread or process."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    pool = getattr(context.task_runner, "worker_pool", None) if context else None
+    return fn(*args, **kwargs) if pool is None else pool.submit(fn, *args, **kwargs).result()
 
 
 @task(name="ingest", cache_policy=NO_CACHE)
@@ -31,12 +45,12 @@ def version(root: str, stages: list[str]) -> dict:
 
 @task(name="train-shard", cache_policy=NO_CACHE)
 def train_shard(root: str, shard: int, from_scratch: bool = False) -> dict:
-    return shard_training.train_one_shard(Path(root), shard, progress, resume=not from_scratch)
+    return on_worker_pool(shard_training.train_one_shard, Path(root), shard, progress, resume=not from_scratch)
 
 
 @task(name="train-baseline", cache_policy=NO_CACHE)
 def train_baseline(root: str, from_scratch: bool = False) -> dict:
-    return shard_training.train_baseline(Path(root), progress, resume=not from_scratch)
+    return on_worker_pool(shard_training.train_baseline, Path(root), progress, resume=not from_scratch)
 
 
 @task(name="publish-models", cache_policy=NO_CACHE)
