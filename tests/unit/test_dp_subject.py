@@ -24,16 +24,19 @@ RECIPE = Recipe(model="mlp", hidden=(16,), n_inputs=6, n_classes=2, epochs_per_s
                 lr=0.01, weight_decay=0.0, seed=7)
 
 
-def people_data(n_people: int = 60, seed: int = 0, without: str | None = None) -> ShardData:
-    """1-6 records per person, records spread over slices by their hash, rows in (slice, key) order."""
+def people_data(n_people: int = 60, seed: int = 0, without: str | None = None, newcomers: int = 0) -> ShardData:
+    """1-6 records per person, records spread over slices by their hash, rows in (slice, key) order;
+    `newcomers` more people arrive later, so growth-aware slicing places their records in the
+    newest slice."""
     rng = np.random.default_rng(seed)
     rows = []
-    for p in range(n_people):
+    for p in range(n_people + newcomers):
         subject = hashlib.sha256(f"person{p}".encode()).hexdigest()
         for j in range(int(rng.integers(1, 7))):
             key = hashlib.sha256(f"person{p}/r{j}".encode()).hexdigest()
             x = rng.normal(size=6).astype(np.float32)
-            rows.append((int(key[:8], 16) % N_SLICES, key, subject, x, int(x[0] + x[1] > 0)))
+            first = int(key[:8], 16) % N_SLICES if p < n_people else N_SLICES - 1
+            rows.append((first, key, subject, x, int(x[0] + x[1] > 0)))
     rows = sorted(r for r in rows if r[2] != without)
     subjects = np.unique([r[2] for r in rows], return_inverse=True)[1].astype(np.int64)
     return ShardData(x=np.stack([r[3] for r in rows]), y=np.array([r[4] for r in rows], dtype=np.int64),
@@ -45,6 +48,24 @@ def subject_recipe(sigma: float = 1.0, mode: str = "ghost") -> Recipe:
     """mode: "ghost" and "hooks" both mean Opacus' hooks per person (recipes made before "fused")."""
     return dataclasses.replace(RECIPE, dp=dp.DpSpec(noise_multiplier=sigma, max_grad_norm=C, delta=DELTA,
                                                     unit="subject", grad_sample_mode=mode))
+
+
+def accounted_epsilon(data: ShardData, recipe: Recipe, unit: str) -> float:
+    """dp-accounting's PLD epsilon for the schedule `data`'s slices give: stage r samples the people
+    (or records) seen in slices 0..r, one step per expected batch, `epochs_per_slice` times."""
+    import dp_accounting
+    from dp_accounting.pld import PLDAccountant
+
+    events = []
+    for r in range(N_SLICES):
+        seen = data.slices <= r
+        m = len(np.unique(data.subjects[seen])) if unit == "subject" else int(seen.sum())
+        k = math.ceil(m / recipe.batch_size)
+        events.append(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+            1 / k, dp_accounting.GaussianDpEvent(recipe.dp.noise_multiplier)), recipe.epochs_per_slice * k))
+    acc = PLDAccountant()
+    acc.compose(dp_accounting.ComposedDpEvent(events))
+    return acc.get_epsilon(recipe.dp.delta)
 
 
 def train(data, store_dir, recipe, **kw):
@@ -132,25 +153,32 @@ def test_each_persons_clipped_contribution_is_bounded(monkeypatch, mode):
 @pytest.mark.parametrize("mode", ["ghost", "fused"])
 def test_epsilon_matches_dp_accounting_for_the_subject_schedule(tmp_path, mode):
     """The schedule built here from the people, not the records, accounted by dp-accounting's PLD."""
-    import dp_accounting
-    from dp_accounting.pld import PLDAccountant
-
     data = people_data()
-    result = train(data, tmp_path, subject_recipe(sigma=1.1, mode=mode))
-    events = []
-    for r in range(N_SLICES):
-        m = len(np.unique(data.subjects[data.slices <= r]))  # people with a record in slices 0..r
-        k = math.ceil(m / RECIPE.batch_size)
-        events.append(dp_accounting.SelfComposedDpEvent(
-            dp_accounting.PoissonSampledDpEvent(1 / k, dp_accounting.GaussianDpEvent(1.1)), RECIPE.epochs_per_slice * k))
-    acc = PLDAccountant()
-    acc.compose(dp_accounting.ComposedDpEvent(events))
-    reference = acc.get_epsilon(DELTA)
-    assert result.epsilon == pytest.approx(reference, rel=0.01)
+    recipe = subject_recipe(sigma=1.1, mode=mode)
+    result = train(data, tmp_path, recipe)
+    assert result.epsilon == pytest.approx(accounted_epsilon(data, recipe, "subject"), rel=0.01)
     records = dp.stage_sizes(data.slices, N_SLICES)
     assert [q for _, q, _ in result.dp_history] != [1 / math.ceil(n / 8) for n in records]  # people, not records
     assert dp.subject_stage_sizes(data.slices, data.subjects, N_SLICES) == [
         len(np.unique(data.subjects[data.slices <= r])) for r in range(N_SLICES)]
+
+
+@pytest.mark.parametrize("unit", ["subject", "record"])
+def test_epsilon_after_growth_is_the_accountants_for_the_grown_schedule(tmp_path, unit):
+    """A growth run (newcomers in the newest slice) retrains the last stage only; the shard's
+    epsilon is then dp-accounting's for the schedule it actually has (the earlier stages as they
+    were, the last one grown), and equals a from-scratch run's on the grown table."""
+    recipe = dataclasses.replace(RECIPE, dp=dp.DpSpec(noise_multiplier=1.1, max_grad_norm=C, delta=DELTA,
+                                                      unit=unit, grad_sample_mode="fused"))
+    before = train(people_data(), tmp_path / "store", recipe)
+    grown_data = people_data(newcomers=15)
+    grown = train(grown_data, tmp_path / "store", recipe)
+    assert grown.slices_reused == list(range(N_SLICES - 1)) and grown.slices_trained == [N_SLICES - 1]
+    assert grown.dp_history[:-1] == before.dp_history[:-1] != grown.dp_history  # only the last phase changed
+    assert grown.epsilon == pytest.approx(accounted_epsilon(grown_data, recipe, unit), rel=0.01)
+    assert grown.epsilon != pytest.approx(before.epsilon, rel=1e-3)
+    scratch = train(grown_data, tmp_path / "scratch", recipe)
+    assert (grown.weights_sha256, grown.epsilon) == (scratch.weights_sha256, scratch.epsilon)
 
 
 @pytest.mark.parametrize("mode", ["ghost", "fused"])
