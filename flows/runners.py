@@ -5,17 +5,9 @@ from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 
-from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-
-def _init_worker(environment: dict[str, str]) -> None:
-    import atexit
-    import os
-
-    os.environ.update(environment)
-    # the last exit handler (registered first): the pool waits for its workers to exit, and one that
-    # loaded torch and Prefect would then spend seconds finalising modules it no longer needs
-    atexit.register(os._exit, 0)
+from oblivio.flows.pool_workers import init_worker, load_training
 
 
 def make_task_runner(kind: str, *, max_workers: int, dask_address: str = "", environment: dict | None = None
@@ -25,22 +17,13 @@ def make_task_runner(kind: str, *, max_workers: int, dask_address: str = "", env
     if kind == "thread":
         return ThreadPoolTaskRunner(max_workers=max_workers)
     if kind == "process":
-        return ProcessPoolTaskRunner(max_workers=max_workers, initializer=_init_worker, initargs=(environment or {},))
+        return ProcessWorkerPoolTaskRunner(max_workers=max_workers, environment=environment or {})
     from prefect_dask import DaskTaskRunner
 
     if dask_address:
         return DaskTaskRunner(address=dask_address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": max_workers, "threads_per_worker": 1, "processes": True,
                                           "dashboard_address": None})
-
-
-def _load_training() -> None:
-    """In a pool worker, before its first shard, what that shard would load (seconds of it): the
-    training code and torch, and the part of torch an optimiser's first step imports."""
-    import oblivio.shard_training  # noqa: F401
-    from oblivio.flows.warm import first_optimiser_step
-
-    first_optimiser_step()
 
 
 class WorkerPoolTaskRunner(ThreadPoolTaskRunner):
@@ -53,12 +36,45 @@ class WorkerPoolTaskRunner(ThreadPoolTaskRunner):
     whole check.
     """
 
-    def __init__(self, max_workers: int, worker_pool: Executor) -> None:
+    def __init__(self, max_workers: int, worker_pool: Executor | None) -> None:
         super().__init__(max_workers=max_workers)
         self.worker_pool = worker_pool
 
     def duplicate(self) -> WorkerPoolTaskRunner:  # Prefect enters a duplicate for each flow run
         return type(self)(max_workers=self._max_workers, worker_pool=self.worker_pool)
+
+
+class ProcessWorkerPoolTaskRunner(WorkerPoolTaskRunner):
+    """A flow run's own pool of `max_workers` processes, started when the run starts (the flow
+    enters its task runner before `ingest`), so the workers import torch and the training code
+    while the run ingests; stopped when the run ends. Prefect's process pool would spawn its
+    workers at the first task, after ingest, and run Prefect's task engine in each of them."""
+
+    def __init__(self, max_workers: int, environment: dict[str, str]) -> None:
+        super().__init__(max_workers=max_workers, worker_pool=None)  # the pool starts with the flow run
+        self.environment = environment
+
+    def duplicate(self) -> ProcessWorkerPoolTaskRunner:
+        return type(self)(max_workers=self._max_workers, environment=self.environment)
+
+    def __enter__(self) -> ProcessWorkerPoolTaskRunner:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        super().__enter__()
+        self.worker_pool = ProcessPoolExecutor(self._max_workers, mp_context=multiprocessing.get_context("spawn"),
+                                               initializer=init_worker, initargs=(self.environment,))
+        for _ in range(self._max_workers):  # a worker is spawned for each task no idle one can take
+            self.worker_pool.submit(load_training)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            if self.worker_pool is not None:
+                self.worker_pool.shutdown(wait=True, cancel_futures=True)
+                self.worker_pool = None
 
 
 @contextmanager
@@ -79,5 +95,5 @@ def warm_task_runner(kind: str, *, max_workers: int, dask_address: str = "") -> 
 
     with LocalCluster(n_workers=max_workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster) as client:
-            client.run(_load_training)
+            client.run(load_training)
             yield WorkerPoolTaskRunner(max_workers, client.get_executor(pure=False))

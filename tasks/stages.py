@@ -5,7 +5,6 @@ storage that a later erasure would have to find.
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -17,10 +16,6 @@ from oblivio import evaluation, ingestion, lineage, openlineage_events, publishi
 from oblivio.step_results import Promotion, Registered, RunRecord
 
 R = TypeVar("R")
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def on_worker_pool(fn: Callable[..., R], *args, **kwargs) -> R:
@@ -45,12 +40,12 @@ def version(root: str, stages: list[str]) -> dict:
 
 @task(name="train-shard", cache_policy=NO_CACHE)
 def train_shard(root: str, shard: int, from_scratch: bool = False) -> dict:
-    return on_worker_pool(shard_training.train_one_shard, Path(root), shard, progress, resume=not from_scratch)
+    return on_worker_pool(shard_training.train_one_shard, Path(root), shard, shard_training.print_progress, resume=not from_scratch)
 
 
 @task(name="train-baseline", cache_policy=NO_CACHE)
 def train_baseline(root: str, from_scratch: bool = False) -> dict:
-    return on_worker_pool(shard_training.train_baseline, Path(root), progress, resume=not from_scratch)
+    return on_worker_pool(shard_training.train_baseline, Path(root), shard_training.print_progress, resume=not from_scratch)
 
 
 @task(name="publish-models", cache_policy=NO_CACHE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,13 @@ from oblivio.training.sisa import CheckpointStore, Recipe, ShardData, fully_trai
 from oblivio.workspace import WorkspaceDir
 
 Progress = Callable[[str], None]
+
+
+def print_progress(message: str) -> None:
+    """Progress to stderr: a worker process's stderr is its parent's, so lines reach the terminal."""
+    print(message, file=sys.stderr, flush=True)
+
+
 BASELINE = "baseline"
 
 

@@ -1,7 +1,9 @@
-"""`serve`'s training tasks: Prefect runs them in the flow's process, their bodies go to the warm worker pool."""
+"""Training tasks whose bodies run on a pool of worker processes while Prefect runs the task
+runs in the flow's process: `serve`'s warm pool, and a process-executor run's own pool."""
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
@@ -38,3 +40,34 @@ def test_a_worker_pool_runner_sends_task_bodies_to_its_pool_and_runs_the_engine_
 def test_other_runners_run_task_bodies_where_the_task_runs(prefect_flow):
     pids = prefect_flow.with_options(task_runner=make_task_runner("thread", max_workers=2))(2)
     assert pids == [(os.getpid(), os.getpid())] * 2
+
+
+def worker_state() -> tuple[int, bool, str | None]:
+    """In a pool worker: its pid, whether the worker was warmed before this task (an optimiser's first
+    step imports torch's compiler stack, which importing this module does not), the test's variable."""
+    return os.getpid(), "torch._dynamo" in sys.modules, os.environ.get("OBLIVIO_POOL_TEST")
+
+
+def test_a_process_run_starts_its_own_warm_pool_with_the_flow_and_stops_it_after(shared_prefect_server):
+    """`executor.kind: process`: workers spawned when the flow starts, with the training code
+    loaded and the run's environment (its pinned numerics); gone when the flow ends."""
+    from prefect import flow, task
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    @task(name="worker-state")
+    def state() -> tuple[int, bool, str | None]:
+        return on_worker_pool(worker_state)
+
+    @flow(name="process-pool-test")
+    def run() -> tuple[list, object]:
+        pool = FlowRunContext.get().task_runner.worker_pool
+        return [f.result() for f in [state.submit() for _ in range(4)]], pool
+
+    runner = make_task_runner("process", max_workers=2, environment={"OBLIVIO_POOL_TEST": "pinned"})
+    with temporary_settings(updates={PREFECT_API_URL: shared_prefect_server}):
+        states, pool = run.with_options(task_runner=runner)()
+    assert {pid for pid, _, _ in states} - {os.getpid()} == {pid for pid, _, _ in states}  # not this process
+    assert all(loaded and variable == "pinned" for _, loaded, variable in states)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        pool.submit(os.getpid)  # the run's pool stopped with it
