@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -53,6 +53,7 @@ class ProcessWorkerPoolTaskRunner(WorkerPoolTaskRunner):
     def __init__(self, max_workers: int, environment: dict[str, str]) -> None:
         super().__init__(max_workers=max_workers, worker_pool=None)  # the pool starts with the flow run
         self.environment = environment
+        self._warming: list[Future] = []
 
     def duplicate(self) -> ProcessWorkerPoolTaskRunner:
         return type(self)(max_workers=self._max_workers, environment=self.environment)
@@ -64,17 +65,22 @@ class ProcessWorkerPoolTaskRunner(WorkerPoolTaskRunner):
         super().__enter__()
         self.worker_pool = ProcessPoolExecutor(self._max_workers, mp_context=multiprocessing.get_context("spawn"),
                                                initializer=init_worker, initargs=(self.environment,))
-        for _ in range(self._max_workers):  # a worker is spawned for each task no idle one can take
-            self.worker_pool.submit(load_training)
+        # a worker is spawned for each task no idle one can take
+        self._warming = [self.worker_pool.submit(load_training) for _ in range(self._max_workers)]
         return self
 
     def __exit__(self, *exc) -> None:
         try:
             super().__exit__(*exc)
         finally:
-            if self.worker_pool is not None:
-                self.worker_pool.shutdown(wait=True, cancel_futures=True)
-                self.worker_pool = None
+            pool, self.worker_pool = self.worker_pool, None
+            if pool is not None:
+                if not all(f.done() for f in self._warming):
+                    # the run ended before its workers were ready (an ingest error): none of them has
+                    # trained, and waiting for torch to load would only delay the error's message
+                    for process in list(getattr(pool, "_processes", {}).values()):
+                        process.terminate()
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextmanager

@@ -71,3 +71,29 @@ def test_a_process_run_starts_its_own_warm_pool_with_the_flow_and_stops_it_after
     assert all(loaded and variable == "pinned" for _, loaded, variable in states)
     with pytest.raises(RuntimeError, match="shutdown"):
         pool.submit(os.getpid)  # the run's pool stopped with it
+
+
+def test_a_process_run_that_fails_before_training_does_not_wait_for_its_workers(shared_prefect_server):
+    """An ingest error ends the run while its workers still load torch: they are stopped, not
+    awaited (the error's message comes sooner), and none is left behind."""
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
+    from prefect import flow
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    seen = {}
+
+    @flow(name="process-pool-failure-test")
+    def fails_at_once() -> None:
+        seen["warming"] = FlowRunContext.get().task_runner._warming
+        raise ValueError("the table is wrong")
+
+    runner = make_task_runner("process", max_workers=2)
+    with temporary_settings(updates={PREFECT_API_URL: shared_prefect_server}):
+        with pytest.raises(ValueError, match="the table is wrong"):
+            fails_at_once.with_options(task_runner=runner)()
+    assert len(seen["warming"]) == 2
+    assert any(isinstance(f.exception(), BrokenProcessPool) for f in seen["warming"])  # stopped mid-warm-up
+    assert multiprocessing.active_children() == []
