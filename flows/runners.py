@@ -1,8 +1,9 @@
 """Which task runner trains the shards: chosen in params.yaml or on the command line."""
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -59,9 +60,6 @@ class ProcessWorkerPoolTaskRunner(WorkerPoolTaskRunner):
         return type(self)(max_workers=self._max_workers, environment=self.environment)
 
     def __enter__(self) -> ProcessWorkerPoolTaskRunner:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         super().__enter__()
         self.worker_pool = ProcessPoolExecutor(self._max_workers, mp_context=multiprocessing.get_context("spawn"),
                                                initializer=init_worker, initargs=(self.environment,))
@@ -78,7 +76,8 @@ class ProcessWorkerPoolTaskRunner(WorkerPoolTaskRunner):
                 if not all(f.done() for f in self._warming):
                     # the run ended before its workers were ready (an ingest error): none of them has
                     # trained, and waiting for torch to load would only delay the error's message
-                    for process in list(getattr(pool, "_processes", {}).values()):
+                    # (`_processes`: the executor's own map of its workers; none if it is renamed)
+                    for process in list((getattr(pool, "_processes", None) or {}).values()):
                         process.terminate()
                 pool.shutdown(wait=True, cancel_futures=True)
 

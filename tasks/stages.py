@@ -19,8 +19,8 @@ R = TypeVar("R")
 
 
 def on_worker_pool(fn: Callable[..., R], *args, **kwargs) -> R:
-    """`fn(*args, **kwargs)` on the flow's worker pool when its task runner has one (`serve`'s
-    warm workers: flows/runners.py), else in this task run's own thread or process."""
+    """`fn(*args, **kwargs)` on the flow's worker pool when its task runner has one (`serve`'s warm
+    workers, or a process-executor run's own: flows/runners.py), else in this task run's thread."""
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
@@ -40,12 +40,14 @@ def version(root: str, stages: list[str]) -> dict:
 
 @task(name="train-shard", cache_policy=NO_CACHE)
 def train_shard(root: str, shard: int, from_scratch: bool = False) -> dict:
-    return on_worker_pool(shard_training.train_one_shard, Path(root), shard, shard_training.print_progress, resume=not from_scratch)
+    return on_worker_pool(shard_training.train_one_shard, Path(root), shard, shard_training.print_progress,
+                          resume=not from_scratch)
 
 
 @task(name="train-baseline", cache_policy=NO_CACHE)
 def train_baseline(root: str, from_scratch: bool = False) -> dict:
-    return on_worker_pool(shard_training.train_baseline, Path(root), shard_training.print_progress, resume=not from_scratch)
+    return on_worker_pool(shard_training.train_baseline, Path(root), shard_training.print_progress,
+                          resume=not from_scratch)
 
 
 @task(name="publish-models", cache_policy=NO_CACHE)
