@@ -18,6 +18,8 @@ from typing import Any
 from oblivio.config import parse_yaml
 from oblivio.errors import WorkspaceError
 
+PIPELINE_FILE = "dvc.yaml"
+
 
 def _with_repo(root: Path, what: str, call: Callable[[Any], Any]) -> Any:
     from dvc.exceptions import DvcException
@@ -33,9 +35,16 @@ def _with_repo(root: Path, what: str, call: Callable[[Any], Any]) -> Any:
 
 def _commit_and_push(repo, stages: list[str]) -> None:
     """Record the stages' current outputs in dvc.lock and the cache, then copy the cache
-    to the default remote (the workspace-local one by default)."""
-    for stage in stages:
-        repo.commit(stage, force=True)
+    to the default remote (the workspace-local one by default).
+
+    Each `commit` call parses and rewrites dvc.lock, most of its cost; committing dvc.yaml
+    as a whole writes it once. That is only done when the stages are all of dvc.yaml's: a
+    stage someone added there is not ours to force-commit."""
+    if sorted(stages) == sorted(stage.name for stage in repo.stage.collect(PIPELINE_FILE)):
+        repo.commit(PIPELINE_FILE, force=True)
+    else:
+        for stage in stages:
+            repo.commit(stage, force=True)
     repo.push()
 
 
