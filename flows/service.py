@@ -65,7 +65,7 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
 
         from oblivio.flows.deletion import deletion_pipeline
         from oblivio.flows.deployments import workspace_deployments
-        from oblivio.flows.runners import make_task_runner, warm_task_runner
+        from oblivio.flows.runners import warm_task_runner
         from oblivio.flows.training import training_pipeline
         from oblivio.flows.warm import WarmDeployment, WarmRuns, warm_up
         from oblivio.workspace import WorkspaceDir
@@ -79,10 +79,8 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
             runs = WarmRuns(root, [
                 WarmDeployment(pipeline_id, training_pipeline.with_options(task_runner=pool), lock="run",
                                keeps_outcome=True),
-                # threads, as `oblivio process` uses: a batch retrains a shard or two
-                WarmDeployment(deletion_id, deletion_pipeline.with_options(
-                    task_runner=make_task_runner("thread", max_workers=executor.max_workers)), lock="process",
-                    settles_requests=True)])
+                WarmDeployment(deletion_id, deletion_pipeline.with_options(task_runner=pool), lock="process",
+                               settles_requests=True)])
             warm_up(ws)
             runs.start()
             watch = RequestWatch(ws, api_url)

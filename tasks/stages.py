@@ -6,6 +6,7 @@ storage that a later erasure would have to find.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,13 +19,18 @@ from oblivio.step_results import Promotion, Registered, RunRecord
 R = TypeVar("R")
 
 
-def on_worker_pool(fn: Callable[..., R], *args, **kwargs) -> R:
-    """`fn(*args, **kwargs)` on the flow's worker pool when its task runner has one (`serve`'s warm
-    workers, or a process-executor run's own: flows/runners.py), else in this task run's thread."""
+def worker_pool() -> Executor | None:
+    """The flow's worker pool when its task runner has one: `serve`'s warm workers, or a
+    process-executor run's own (flows/runners.py)."""
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
-    pool = getattr(context.task_runner, "worker_pool", None) if context else None
+    return getattr(context.task_runner, "worker_pool", None) if context else None
+
+
+def on_worker_pool(fn: Callable[..., R], *args, **kwargs) -> R:
+    """`fn(*args, **kwargs)` on the flow's worker pool if it has one, else in this task run's thread."""
+    pool = worker_pool()
     return fn(*args, **kwargs) if pool is None else pool.submit(fn, *args, **kwargs).result()
 
 
@@ -57,7 +63,7 @@ def publish_models(root: str, shard_results: list[dict]) -> dict:
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(root: str, baseline: dict | None) -> dict:
-    return evaluation.evaluate(Path(root), baseline)
+    return evaluation.evaluate(Path(root), baseline, executor=worker_pool())  # idle workers take the shard attacks
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

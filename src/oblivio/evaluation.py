@@ -3,6 +3,7 @@ membership-inference audit and the DP report, written to reports/."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +76,10 @@ def prime_audit(root: Path) -> None:
     AUDIT_CACHE.keep_only_used()
 
 
-def evaluate(root: Path, baseline: dict | None = None) -> dict:
+def evaluate(root: Path, baseline: dict | None = None, executor: Executor | None = None) -> dict:
     """The audit: held-out utility (ensemble, shards, baseline) and the membership-inference
-    attacks; writes reports/metrics.json and the MIA report and ROC plot."""
+    attacks; writes reports/metrics.json and the MIA report and ROC plot. `executor`: worker
+    processes that may take part of the attacks (see `membership_audit`)."""
     ws = WorkspaceDir(root)
     ensemble = Ensemble.load(ws.models_dir)
     y, logits = AUDIT_CACHE.scored(ws.holdout_path, "all", ensemble, lambda: holdout_arrays(ws))
@@ -97,7 +99,7 @@ def evaluate(root: Path, baseline: dict | None = None) -> dict:
     mia = membership_audit(ensemble=ensemble, holdout=(logits, y), shards_dir=ws.shards_dir,
                            n_shards=ws.params.sisa.shards, features=list(cols.features), label=cols.label,
                            labels=labels, reports_dir=ws.reports_dir, forget=quarantined(ws), seed=ws.params.seed,
-                           cache=AUDIT_CACHE)
+                           cache=AUDIT_CACHE, executor=executor)
     AUDIT_CACHE.keep_only_used()
     metrics["mia"] = headline(mia)
     if ensemble.recipe.dp is not None:

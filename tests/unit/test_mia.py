@@ -414,3 +414,21 @@ def test_shard_attacks_of_one_size_share_draws_without_changing_intervals():
         alone = mia._bootstrap_intervals(scores[: result.n_members], scores[result.n_members :], n_bootstrap=30, seed=5)
         assert result.intervals == alone
     assert len({r.intervals["auc"] for r in results}) == 4
+
+
+def test_shard_attacks_give_the_same_results_on_worker_processes():
+    """Bootstraps handed to an executor (serve's idle training workers) must not change a number."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    rng = np.random.default_rng(9)
+    owner = np.r_[np.repeat([0, 1, 2], 80), np.full(60, 3)]  # two sizes: two bootstrap jobs
+    train, holdout = rng.normal(0, 1, (owner.size, 4)), rng.normal(0, 1, (300, 4))
+    train[np.arange(owner.size), owner] += 0.4
+    args = {"margins": train, "member_of": owner, "holdout_margins": holdout, "rmia": True, "n_bootstrap": 25,
+            "seed": 3}
+    here = shard_attacks(**args)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as workers:
+        there = shard_attacks(**args, executor=workers)
+    assert [r.to_json() for r in there] == [r.to_json() for r in here]
+    assert len({r.intervals["auc"] for r in here}) == len(here)

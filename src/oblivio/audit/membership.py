@@ -10,6 +10,7 @@ go to `reports/`; the summary feeds the gates.
 from __future__ import annotations
 
 import json
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +43,16 @@ def _margins(ensemble: Ensemble, raw: pd.DataFrame, y: np.ndarray) -> tuple[np.n
 
 def membership_audit(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarray], shards_dir: Path,
                      n_shards: int, features: list[str], label: str, labels: list, reports_dir: Path,
-                     forget: pd.DataFrame | None = None, seed: int = 0, cache: AuditCache | None = None) -> dict:
+                     forget: pd.DataFrame | None = None, seed: int = 0, cache: AuditCache | None = None,
+                     executor: Executor | None = None) -> dict:
     """Attack the ensemble and every shard model; returns the summary the gates read.
 
     `holdout`: every shard model's logits (S, n, classes) on the held-out rows and their
     label indices, which the accuracy report has just computed. `forget`: rows just erased
     (still quarantined); they must now score like non-members. `cache`: inputs and logits
     kept from earlier audits in this process (the members' are looked up there, and added).
+    `executor`: worker processes for the shard attacks' bootstraps, which then run beside the
+    ensemble's and the forget set's attacks here; the summary is the same either way.
     """
     scored, n_train = score_members(ensemble, shards_dir=shards_dir, n_shards=n_shards, features=features,
                                     label=label, labels=labels, cache=cache or AuditCache())
@@ -56,19 +60,25 @@ def membership_audit(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarra
     train_shard_m, train_ens_m = np.concatenate([m for _, m, _ in margins]), np.concatenate([e for _, _, e in margins])
     member_of = np.concatenate([np.full(len(e), k) for k, _, e in margins])
     hold_shard_m, hold_ens_m = _margins_of(*holdout, ensemble.aggregation)
-    attacked = shard_attacks(margins=train_shard_m, member_of=member_of, holdout_margins=hold_shard_m, rmia=True,
-                             seed=seed)
+    shard_args = {"margins": train_shard_m, "member_of": member_of, "holdout_margins": hold_shard_m, "rmia": True,
+                  "seed": seed, "executor": executor}
     sampled = (f"members are a sample: {len(train_ens_m):,} of {n_train:,} training records (at most "
                f"{MIA_MEMBERS // n_shards:,} per shard, smallest keyed record hashes)",)
-    population = evaluate_attack(attack="population/ensemble", member_scores=train_ens_m,
-                                 nonmember_scores=hold_ens_m, seed=seed,
-                                 notes=sampled if len(train_ens_m) < n_train else ())
+    erased = None
+    with ThreadPoolExecutor(1) as side:  # with `executor`, a thread waits on the workers while this goes on
+        pending = side.submit(shard_attacks, **shard_args) if executor is not None else None
+        population = evaluate_attack(attack="population/ensemble", member_scores=train_ens_m,
+                                     nonmember_scores=hold_ens_m, seed=seed,
+                                     notes=sampled if len(train_ens_m) < n_train else ())
+        if forget is not None and len(forget):
+            _, forget_m = _margins(ensemble, *_arrays(forget, features, label, labels))
+            erased = evaluate_attack(attack="population/forget-set", member_scores=forget_m,
+                                     nonmember_scores=hold_ens_m, seed=seed,
+                                     member_groups=forget[SUBJECT_KEY].to_numpy())
+        attacked = pending.result() if pending else shard_attacks(**shard_args)
     results = [population, *attacked]
     summary = summarise(population, attacked)
-    if forget is not None and len(forget):
-        _, forget_m = _margins(ensemble, *_arrays(forget, features, label, labels))
-        erased = evaluate_attack(attack="population/forget-set", member_scores=forget_m,
-                                 nonmember_scores=hold_ens_m, seed=seed, member_groups=forget[SUBJECT_KEY].to_numpy())
+    if erased is not None:
         summary["forget_set"] = {**erased.to_json(), "n_subjects": int(forget[SUBJECT_KEY].nunique())}
         results.append(erased)
     reports_dir.mkdir(parents=True, exist_ok=True)
