@@ -34,6 +34,8 @@ from oblivio.workspace import WorkspaceDir
 
 Progress = Callable[[str], None]
 EXECUTOR_KINDS = CHOICES["executor.kind"]
+# how often a command waiting on `serve` looks for its outcome: a read of the ledger or of one file
+SERVED_POLL_SECONDS = 0.05
 
 
 def _silent(message: str) -> None:
@@ -147,12 +149,13 @@ class Workspace:
         """
         began = time.perf_counter()
         runner = self._runner(executor, workers, dask_address, default_kind="thread") if wait else None
+        # a waiting command starts the work itself: a run of serve's deployment (`_wait_for_serve`), or here
         recorded = self.submit(subjects=subjects, records=records, kind=kind, reason=reason,
-                               callback_url=callback_url)
+                               callback_url=callback_url, announce=not wait)
         if not wait:
             return recorded
         request_id = recorded.request_id
-        result = ((recorded.created and executor is None and self._wait_for_serve(request_id, recorded.announced))
+        result = ((recorded.created and executor is None and self._wait_for_serve(request_id))
                   or self._process(runner, trigger="forget"))
         _timed(result, began)
         if result["status"] == "failed":
@@ -507,28 +510,45 @@ class Workspace:
             self.progress(f"callbacks: {report.delivered} delivered, {report.retrying} to retry, "
                           f"{report.abandoned} abandoned (see `oblivio requests --json`)")
 
-    def _wait_for_serve(self, request_id: str, announced: bool) -> dict | None:
-        """With `oblivio serve` running, its warm process does the work: announce (unless `submit`
-        just did: a second event would start a second, empty deletion run) and wait.
+    def _wait_for_serve(self, request_id: str) -> dict | None:
+        """With `oblivio serve` running, its warm process does the work: a run of its deletion
+        deployment is asked for and the ledger is watched until the request is settled.
 
-        None when nothing serves this workspace, or when `serve` stops before the request is
-        settled: the caller then processes it here (the ledger makes that safe).
+        The run is created directly, as the automation would on the event, which saves the
+        event's trip through the server's trigger evaluation. None when nothing serves this
+        workspace, or when `serve` stops before the request is settled: the caller then
+        processes it here (the ledger makes that safe).
         """
         from oblivio import intake
         from oblivio.flows.service import serving_api
 
-        if serving_api(self.layout.serve_state_path) is None:
+        api_url = serving_api(self.layout.serve_state_path)
+        if api_url is None:
             return None
-        if not announced:
-            self._announce(request_id)
+        self._start_deletion_run(api_url, request_id)
         self.progress(f"{request_id}: handed to the running `oblivio serve`; waiting for it")
         checks = 0
         while (result := intake.settled(self.layout, request_id)) is None:
             checks += 1
-            if checks % 20 == 0 and serving_api(self.layout.serve_state_path) is None:
+            if checks % 40 == 0 and serving_api(self.layout.serve_state_path) is None:
                 return None
-            time.sleep(0.1)
+            time.sleep(SERVED_POLL_SECONDS)
         return {**result, "processed_by": "serve"}
+
+    def _start_deletion_run(self, api_url: str, request_id: str) -> None:
+        """A run of serve's deletion deployment, now; the event (`_announce`) where serve predates
+        the deployment ids in its state file."""
+        import json
+
+        from oblivio.flows import handover
+
+        deployment = json.loads(self.layout.serve_state_path.read_text()).get("deployments", {}).get("deletion")
+        if deployment is None:
+            self._announce(request_id)
+            return
+        handover.create_flow_run(api_url, deployment, {"root": str(self.root),
+                                                       "n_shards": self.layout.params.sisa.shards,
+                                                       "trigger": "forget"})
 
     def _run_in_serve(self, options: dict) -> dict | None:
         """The training pipeline as a flow run of the `serve`d deployment, executed by serve's warm
@@ -551,7 +571,7 @@ class Workspace:
         checks = 0
         while (outcome := handover.read_outcome(self.layout.runs_dir, flow_run)) is None:
             checks += 1
-            if checks % 20 == 0:
+            if checks % 40 == 0:
                 if serving_api(self.layout.serve_state_path) is None:
                     self.progress("`oblivio serve` stopped before the run ended; running it here")
                     return None
@@ -559,7 +579,7 @@ class Workspace:
                 if state in ("CANCELLED", "CRASHED"):
                     raise OblivioError(f"The run handed to `oblivio serve` ended {state.lower()}: {message} "
                                        "Run it again.")
-            time.sleep(0.1)
+            time.sleep(SERVED_POLL_SECONDS)
         if "error" in outcome:
             raise _served_error(outcome)
         return {**outcome["summary"], "processed_by": "serve", "flow_run_id": flow_run}

@@ -25,14 +25,35 @@ def served(tmp_path, monkeypatch):
     return ws
 
 
-def test_forget_wait_announces_its_request_once(served, monkeypatch):
-    """Each announcement starts a deletion run: a second one would queue an empty run behind the first."""
-    announced = []
-    monkeypatch.setattr(events, "announce_request", lambda api, root, request_id: announced.append(request_id))
+def _settled_at_once(monkeypatch):
     from oblivio import intake
 
     monkeypatch.setattr(intake, "settled", lambda ws, request_id: {
         "request_ids": [request_id], "status": "promoted", "promoted": True, "records_removed": 1})
+
+
+def test_forget_wait_starts_one_deletion_run_and_posts_no_event(served, monkeypatch):
+    """The waiting command asks serve's deletion deployment for a run itself; an event as well
+    would have the automation queue a second, empty run behind it."""
+    announced, created = [], []
+    monkeypatch.setattr(events, "announce_request", lambda api, root, request_id: announced.append(request_id))
+    monkeypatch.setattr(handover, "create_flow_run",
+                        lambda api, deployment, parameters: created.append((deployment, parameters)) or "run-1")
+    _settled_at_once(monkeypatch)
+    result = served.forget(subjects=["42"], wait=True)
+    assert result.details["processed_by"] == "serve"
+    assert announced == []
+    assert created == [("dep-deletion", {"root": str(served.root), "n_shards": served.layout.params.sisa.shards,
+                                         "trigger": "forget"})]
+
+
+def test_forget_wait_announces_to_a_serve_without_deployment_ids(served, monkeypatch):
+    """A `serve` started by an older version wrote no deployment ids: the event reaches its automation."""
+    served.layout.serve_state_path.write_text(json.dumps({"api_url": API, "pid": 1}))
+    announced = []
+    monkeypatch.setattr(events, "announce_request", lambda api, root, request_id: announced.append(request_id))
+    monkeypatch.setattr(handover, "create_flow_run", lambda *args: pytest.fail("no deployment id to run"))
+    _settled_at_once(monkeypatch)
     result = served.forget(subjects=["42"], wait=True)
     assert result.details["processed_by"] == "serve"
     assert announced == result.request_ids
