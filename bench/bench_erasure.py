@@ -16,7 +16,8 @@ from pathlib import Path
 
 from bench.common import (
     QUICK_PARAMS, BenchError, Section, Settings, Table, cli_json, dir_bytes, figures, file_sizes, flow_phases, log,
-    make_workspace, phase_table, replicated_nlswork, round_robin, secs, serving, times, training_subjects, verdict,
+    make_workspace, phase_table, replicated_nlswork, round_robin, secs, served_flow_phases, serving, times,
+    training_subjects, verdict,
 )
 
 BATCH = 100
@@ -92,9 +93,16 @@ def forget_vs_retrain(ws: Path) -> dict:
     floor = retrained_seconds(ws, forgot["model_version"])
     certificate = json.loads(Path(next(iter(forgot["certificate"].values()))).read_text())
     warm = warm_floor(ws, certificate["slices_retrained"])
+    served = []
     with serving(ws):
-        served = [cli_json(ws, "forget", "--subject", person, "--wait") for person, _ in served_people]
-    served_walls = sorted(wall for _, wall in served)
+        api_url = json.loads((ws / ".oblivio" / "serve.json").read_text())["api_url"]
+        for person, _ in served_people:
+            out, wall = cli_json(ws, "forget", "--subject", person, "--wait")
+            # waits for the flow's end: each request comes to an idle serve (the flow's last step,
+            # the audit's intervals, runs after the request is settled and `forget` has returned)
+            served.append((out, wall, served_flow_phases(api_url, "oblivio-deletion", wall)))
+    served_walls = sorted(wall for _, wall, _ in served)
+    median_served = sorted(served, key=lambda s: s[1])[len(served) // 2]
     full, full_wall = cli_json(ws, "run", "--from-scratch", "--no-baseline")
     full_phases = flow_phases(ws, full_wall)
     _, configured_wall = cli_json(ws, "run", "--from-scratch")
@@ -105,11 +113,12 @@ def forget_vs_retrain(ws: Path) -> dict:
         "forget_wall": forget_wall, "forget_flow": forgot["flow_seconds"], "compute_floor": floor, "warm_floor": warm,
         "full_wall": full_wall, "full_flow": full["flow_seconds"], "configured_wall": configured_wall,
         "served_walls": served_walls, "served_wall": served_walls[len(served_walls) // 2],
-        "served_slices": [out["slices_retrained"] for out, _ in served],
-        "served_by": sorted({out.get("processed_by", "this command") for out, _ in served}),
+        "served_slices": [out["slices_retrained"] for out, _, _ in served],
+        "served_by": sorted({out.get("processed_by", "this command") for out, _, _ in served}),
         "cache_added": sum(size for path, size in after.items() if path not in before),
         "cache_net": sum(after.values()) - sum(before.values()), "shards_bytes": shards_bytes,
-        "phases": {"forget": forget_phases, "run --from-scratch --no-baseline": full_phases,
+        "phases": {"forget": forget_phases, "forget, served (the median)": median_served[2],
+                   "run --from-scratch --no-baseline": full_phases,
                    "run --from-scratch": flow_phases(ws, configured_wall)},
     }
 

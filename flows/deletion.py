@@ -29,7 +29,7 @@ def deletion_pipeline(root: str, n_shards: int, trigger: str = "manual") -> dict
     clock.lap("train")
     t.publish_models(root, shards)
     clock.lap("publish")
-    metrics = t.evaluate(root, None)
+    metrics = t.evaluate(root, None, defer_intervals=True)  # the gates need no interval but the forget set's
     clock.lap("evaluate")
     hashes = t.version(root, ["ingest", "train", "evaluate"])  # one DVC commit + push for the batch
     clock.lap("version")
@@ -43,6 +43,8 @@ def deletion_pipeline(root: str, n_shards: int, trigger: str = "manual") -> dict
     t.emit_lineage(root, "erasure", {"batch": batch, "registered": registered, "certificates": finished.certificates})
     sent = d.send_callbacks(root)
     clock.lap("notify")  # lineage events and callbacks
+    intervals = t.attach_intervals(root, registered.run_id)  # the requests are settled: a waiting `forget` is done
+    clock.lap("intervals")
     retrained = [s for s in shards if s["slices_trained"]]
     return {"status": "promoted" if promoted.promoted else "applied", "request_ids": batch.requests,
             "rejected": batch.rejected_dicts(), "route": batch.route, "records_removed": batch.records_removed,
@@ -51,5 +53,5 @@ def deletion_pipeline(root: str, n_shards: int, trigger: str = "manual") -> dict
             "model_version": registered.model_version, "promoted": promoted.promoted,
             "aliases": promoted.aliases, "decision": promoted.decision, "metrics": metrics,
             "gates": registered.gates, "certificate": finished.certificates, "purge": finished.purge.to_dict(),
-            "dataset_version": registered.dataset_version, "callbacks": sent, "steps": clock.steps,
-            "seconds": clock.seconds}
+            "dataset_version": registered.dataset_version, "callbacks": sent, "intervals": intervals,
+            "steps": clock.steps, "seconds": clock.seconds}

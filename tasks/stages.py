@@ -62,8 +62,22 @@ def publish_models(root: str, shard_results: list[dict]) -> dict:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(root: str, baseline: dict | None) -> dict:
-    return evaluation.evaluate(Path(root), baseline, executor=worker_pool())  # idle workers take the shard attacks
+def evaluate(root: str, baseline: dict | None, defer_intervals: bool = False) -> dict:
+    return evaluation.evaluate(Path(root), baseline, executor=worker_pool(),  # idle workers take the shard attacks
+                               defer_intervals=defer_intervals)
+
+
+@task(name="attach-intervals", cache_policy=NO_CACHE)
+def attach_intervals(root: str, run_id: str) -> dict:
+    """The audit's deferred intervals, after the requests are settled: a failure here is reported
+    and leaves the erasure, its model version and its certificate as they are."""
+    from prefect import get_run_logger
+
+    try:
+        return {"attached": evaluation.attach_intervals(Path(root), run_id, executor=worker_pool())}
+    except Exception as err:  # the report keeps its point figures and says its intervals are pending
+        get_run_logger().warning("MIA intervals not attached: %s: %s", type(err).__name__, err)
+        return {"attached": False, "error": f"{type(err).__name__}: {err}"}
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from oblivio.audit import membership
 from oblivio.audit.membership import headline, membership_audit, score_members
 from oblivio.data.columns import SUBJECT_KEY
 from oblivio.data.sharding import read_holdout
@@ -76,10 +77,12 @@ def prime_audit(root: Path) -> None:
     AUDIT_CACHE.keep_only_used()
 
 
-def evaluate(root: Path, baseline: dict | None = None, executor: Executor | None = None) -> dict:
+def evaluate(root: Path, baseline: dict | None = None, executor: Executor | None = None,
+             defer_intervals: bool = False) -> dict:
     """The audit: held-out utility (ensemble, shards, baseline) and the membership-inference
     attacks; writes reports/metrics.json and the MIA report and ROC plot. `executor`: worker
-    processes that may take part of the attacks (see `membership_audit`)."""
+    processes that may take part of the attacks (see `membership_audit`). `defer_intervals`:
+    the bootstrap intervals no gate reads are drawn later, by `attach_intervals`."""
     ws = WorkspaceDir(root)
     ensemble = Ensemble.load(ws.models_dir)
     y, logits = AUDIT_CACHE.scored(ws.holdout_path, "all", ensemble, lambda: holdout_arrays(ws))
@@ -99,7 +102,7 @@ def evaluate(root: Path, baseline: dict | None = None, executor: Executor | None
     mia = membership_audit(ensemble=ensemble, holdout=(logits, y), shards_dir=ws.shards_dir,
                            n_shards=ws.params.sisa.shards, features=list(cols.features), label=cols.label,
                            labels=labels, reports_dir=ws.reports_dir, forget=quarantined(ws), seed=ws.params.seed,
-                           cache=AUDIT_CACHE, executor=executor)
+                           cache=AUDIT_CACHE, executor=executor, intervals=not defer_intervals)
     AUDIT_CACHE.keep_only_used()
     metrics["mia"] = headline(mia)
     if ensemble.recipe.dp is not None:
@@ -107,3 +110,24 @@ def evaluate(root: Path, baseline: dict | None = None, executor: Executor | None
     ws.reports_dir.mkdir(exist_ok=True)
     (ws.reports_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     return metrics
+
+
+def attach_intervals(root: Path, run_id: str, executor: Executor | None = None) -> bool:
+    """Draw the MIA report's deferred intervals (see `evaluate`) and replace the report logged to
+    MLflow run `run_id` with the completed one. Run after promotion: the gates have read what
+    they need, so a deletion request is settled without waiting for these. False if none were due."""
+    from oblivio import tracking
+
+    ws = WorkspaceDir(root)
+    ensemble = Ensemble.load(ws.models_dir)
+    cols = ws.params.data.columns
+    y, logits = AUDIT_CACHE.scored(ws.holdout_path, "all", ensemble, lambda: holdout_arrays(ws))
+    attached = membership.attach_intervals(
+        ensemble=ensemble, holdout=(logits, y),
+        shards_dir=ws.shards_dir, n_shards=ws.params.sisa.shards, features=list(cols.features), label=cols.label,
+        labels=list(ws.params.data.label_domain), reports_dir=ws.reports_dir, seed=ws.params.seed, cache=AUDIT_CACHE,
+        executor=executor)
+    AUDIT_CACHE.keep_only_used()
+    if attached:
+        tracking.attach_files(ws.mlflow, run_id, [str(ws.reports_dir / membership.REPORT)])
+    return attached

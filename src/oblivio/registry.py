@@ -62,30 +62,35 @@ def register(root: Path, run: RunRecord) -> Registered:
     tags = {"oblivio.trigger": run.trigger, "oblivio.git_commit": git_commit(ws.root),
             "oblivio.dataset_version": dataset["version"], "oblivio.models_version": hashes.get("models", ""),
             **({"oblivio.requests": ",".join(sorted(run.requests))} if run.requests else {})}
+    verdicts = {name: g.to_json() for name, g in gates.items()}
+    audit_tags = {
+        "oblivio.metrics": json.dumps(run.metrics, sort_keys=True),
+        "oblivio.gates": json.dumps(verdicts, sort_keys=True),
+        "oblivio.dataset_version": dataset["version"],
+        "oblivio.gates_passed": str(all_passed(gates)).lower(),
+        **{f"gate.{name}": "passed" if g.passed else "FAILED" for name, g in gates.items()},
+    }
     # a retried deletion batch whose version was registered before a failure: that version, not a second one
-    ids = (run.requests and tracking.registered_for(cfg, tags)) or tracking.log_pipeline_run(
+    earlier = run.requests and tracking.registered_for(cfg, tags)
+    ids = earlier or tracking.log_pipeline_run(
         cfg, run_name=run.run_name, params=params_as_flat_dict(ws.params), tags=tags,
         dataset=dataset, shards=run.shards, metrics=run.metrics, models_dir=ws.models_dir,
         features=list(ws.params.data.columns.features), labels=list(ws.params.data.label_domain),
         feature_types=_raw_types(ws),
         artifacts={name: ws.reports_dir / name for name in ("metrics.json", "mia.json", "mia_roc.svg")
                    if (ws.reports_dir / name).exists()},
+        version_tags=audit_tags,
     )
     summary = Registered(
         model_version=ids["model_version"], run_id=ids["run_id"], dataset_version=dataset["version"],
         **dataset_counts(ws),
-        n_shards=ws.params.sisa.shards, n_slices=ws.params.sisa.slices, metrics=run.metrics,
-        gates={name: g.to_json() for name, g in gates.items()},
+        n_shards=ws.params.sisa.shards, n_slices=ws.params.sisa.slices, metrics=run.metrics, gates=verdicts,
         champion_before=champion_version, champion_metrics=champion,
         requests=list(run.requests),
     )
-    tracking.version_tags(cfg, ids["model_version"], {
-        "oblivio.metrics": json.dumps(run.metrics, sort_keys=True),
-        "oblivio.gates": json.dumps(summary.gates, sort_keys=True),
-        "oblivio.dataset_version": dataset["version"],
-        "oblivio.gates_passed": str(all_passed(gates)).lower(),
-        **{f"gate.{name}": "passed" if g.passed else "FAILED" for name, g in gates.items()},
-    }, description=render_version_report(summary.to_dict()))
+    # the description names the version, known only now; an earlier attempt's version gets the tags as well
+    tracking.version_tags(cfg, ids["model_version"], audit_tags if earlier else {},
+                          description=render_version_report(summary.to_dict()))
     crash_point("registry:registered")
     return summary
 

@@ -104,8 +104,11 @@ def numeric_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
 def log_pipeline_run(cfg: MlflowConfig, *, run_name: str, params: dict[str, Any], tags: dict[str, str],
                      dataset: dict, shards: list[dict], metrics: dict, models_dir: Path,
                      features: list[str], labels: list, feature_types: dict[str, str] | None = None,
-                     artifacts: dict[str, Path] | None = None) -> dict:
-    """Log the parent run, per-shard child runs and the registered ensemble; returns ids."""
+                     artifacts: dict[str, Path] | None = None, version_tags: dict[str, str] | None = None) -> dict:
+    """Log the parent run, per-shard child runs and the registered ensemble; returns ids.
+
+    `version_tags` are the new model version's from its first moment (one store call, where
+    setting them one by one afterwards takes one each)."""
     import oblivio
 
     mlflow = _mlflow(cfg)
@@ -131,14 +134,15 @@ def log_pipeline_run(cfg: MlflowConfig, *, run_name: str, params: dict[str, Any]
             info = mlflow.pyfunc.log_model(
                 name="ensemble", python_model=str(PYFUNC_FILE), artifacts={"models": str(models_dir)},
                 code_paths=[str(Path(oblivio.__file__).parent)], pip_requirements=_requirements(),
-                signature=model_signature(features, labels, feature_types), registered_model_name=cfg.model_name,
-                await_registration_for=0,
+                signature=model_signature(features, labels, feature_types),
             )
+            # what `log_model(registered_model_name=...)` does, with the version's tags
+            version = mlflow.register_model(info.model_uri, cfg.model_name, await_registration_for=0,
+                                            tags=version_tags)
         # logged after the model, linked to it in one batch: logged before, `log_model` would
         # read back every metric's history to link it (a query per metric, about 0.5 s)
         mlflow.log_metrics(numeric_metrics(metrics), model_id=info.model_id)
-    return {"run_id": parent.info.run_id, "model_version": int(info.registered_model_version),
-            "model_uri": info.model_uri}
+    return {"run_id": parent.info.run_id, "model_version": int(version.version), "model_uri": info.model_uri}
 
 
 def _log_shard_run(c, experiment_id: str, parent_run_id: str, shard: dict, metrics: dict) -> None:
@@ -211,7 +215,7 @@ def metrics_of(cfg: MlflowConfig, version: int) -> dict:
     return json.loads(tags.get("oblivio.metrics", "{}"))
 
 
-def attach_files(cfg: MlflowConfig, run_id: str, paths: list[str], artifact_path: str) -> None:
+def attach_files(cfg: MlflowConfig, run_id: str, paths: list[str], artifact_path: str | None = None) -> None:
     """Add files (certificates, audit reports) to an existing run's artifacts."""
     c = client(cfg)
     for path in paths:

@@ -52,9 +52,29 @@ def test_forget_wait_prints_the_contract(erased):
     assert result["model_version"] == before["model_version"] + 1
     # where the time went, step by step; together no more than the flow itself
     assert set(result["steps"]) == {"plan", "apply", "train", "publish", "evaluate", "version", "register",
-                                    "promote", "finish", "notify"}
+                                    "promote", "finish", "notify", "intervals"}
     assert all(s >= 0 for s in result["steps"].values()) and sum(result["steps"].values()) <= result["flow_seconds"] + 0.01
     assert {"ingest", "train", "baseline", "register"} <= before["steps"].keys()
+
+
+def test_the_logged_audit_has_every_interval_once_the_erasure_is_settled(erased):
+    """The deletion flow draws the non-gating MIA intervals after promotion; the report logged
+    to the version's run must then hold them all, beside the forget set's gating interval."""
+    from oblivio import tracking
+    from oblivio.workspace import WorkspaceDir
+
+    ws, _, _, result, _ = erased
+    assert result["intervals"] == {"attached": True}
+    cfg = WorkspaceDir(ws).mlflow
+    c = tracking.client(cfg)
+    run_id = c.get_model_version(cfg.model_name, str(result["model_version"])).run_id
+    report = json.loads(Path(c.download_artifacts(run_id, "mia.json")).read_text())
+    assert "intervals_pending" not in report
+    attacks = [report["ensemble"], *report["shards"], *report["rmia_shards"], report["forget_set"]]
+    assert len(attacks) == 2 + 2 * 3
+    for attack in attacks:
+        assert set(attack["intervals"]) == {"auc", "tpr_at_0_1pct_fpr", "tpr_at_1pct_fpr", "balanced_accuracy"}
+        assert attack["intervals"]["auc"]["low"] <= attack["auc"] <= attack["intervals"]["auc"]["high"]
 
 
 def test_only_the_affected_shard_retrained(erased):

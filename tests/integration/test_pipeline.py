@@ -1,6 +1,8 @@
 """The whole pipeline through the real CLI: Prefect, GX, DVC and an MLflow sqlite registry."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
@@ -142,6 +144,40 @@ def test_a_primed_audit_scores_nothing_again_and_reports_the_same(trained, tmp_p
     monkeypatch.setattr(Ensemble, "model_logits", lambda self, k, x: scored.append(k) or original(self, k, x))
     assert evaluation.evaluate(ws) == cold
     assert scored == []
+
+
+def test_deferred_intervals_give_the_report_of_one_audit_and_the_same_gates(trained, tmp_path):
+    """A deletion's audit leaves the intervals no gate reads for after promotion: the metrics
+    must be those of a full audit, and the report, once completed (in the workspace and in the
+    run's artifacts), exactly the full audit's."""
+    import json
+    import shutil
+
+    from oblivio import evaluation
+    from oblivio.audit.membership import AuditChanged
+
+    ws = tmp_path / "copy"
+    shutil.copytree(trained[0], ws)
+    full_metrics = evaluation.evaluate(ws)
+    full_report = (ws / "reports" / "mia.json").read_text()
+    assert evaluation.evaluate(ws, defer_intervals=True) == full_metrics
+    pending = json.loads((ws / "reports" / "mia.json").read_text())
+    assert pending["intervals_pending"] is True and pending["ensemble"]["intervals"] == {}
+    assert all(s["intervals"] == {} for s in pending["shards"] + pending["rmia_shards"])
+
+    c, cfg = mlflow_client(ws)
+    run_id = c.get_model_version(cfg.model_name, str(trained[1]["model_version"])).run_id
+    assert evaluation.attach_intervals(ws, run_id) is True
+    assert (ws / "reports" / "mia.json").read_text() == full_report
+    assert Path(c.download_artifacts(run_id, "mia.json", str(tmp_path))).read_text() == full_report
+    assert evaluation.attach_intervals(ws, run_id) is False, "nothing was pending any more"
+
+    evaluation.evaluate(ws, defer_intervals=True)
+    altered = json.loads((ws / "reports" / "mia.json").read_text())
+    altered["shards"][0]["auc"] += 0.01  # as if a model had changed since the audit
+    (ws / "reports" / "mia.json").write_text(json.dumps(altered))
+    with pytest.raises(AuditChanged):
+        evaluation.attach_intervals(ws, run_id)
 
 
 def test_bad_data_changes_nothing(trained):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ ROC_PLOT = "mia_roc.svg"
 # memory does not grow with the table. A larger shard contributes a sample: its records
 # with the smallest keyed record hashes, uniform over records and fixed by the secret.
 MIA_MEMBERS = 50_000
+N_BOOTSTRAP = 200  # resamples behind each 95% interval
+INTERVALS_PENDING = "intervals_pending"  # in a report whose non-gating intervals are still to be drawn
 
 
 def _margins_of(logits: np.ndarray, y: np.ndarray, aggregation: str) -> tuple[np.ndarray, np.ndarray]:
@@ -41,10 +44,36 @@ def _margins(ensemble: Ensemble, raw: pd.DataFrame, y: np.ndarray) -> tuple[np.n
     return _margins_of(ensemble.shard_logits(ensemble.featurize(raw)), y, ensemble.aggregation)
 
 
+@dataclass(frozen=True)
+class _AttackInputs:
+    """Every attack's scores but the forget set's, from the published models."""
+
+    shard_args: dict  # `shard_attacks`' arguments: every shard model's margins, members' shards, holdout margins
+    ensemble_members: np.ndarray  # the ensemble's probability margins on the (sampled) members
+    ensemble_holdout: np.ndarray  # ... and on the held-out rows
+    notes: tuple[str, ...]  # the member sample's caveat, if the members are a sample
+
+
+def _attack_inputs(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarray], shards_dir: Path, n_shards: int,
+                   features: list[str], label: str, labels: list, seed: int, cache: AuditCache) -> _AttackInputs:
+    scored, n_train = score_members(ensemble, shards_dir=shards_dir, n_shards=n_shards, features=features,
+                                    label=label, labels=labels, cache=cache)
+    margins = [(k, *_margins_of(logits, y, ensemble.aggregation)) for k, y, logits in scored if len(y)]
+    train_shard_m, train_ens_m = np.concatenate([m for _, m, _ in margins]), np.concatenate([e for _, _, e in margins])
+    member_of = np.concatenate([np.full(len(e), k) for k, _, e in margins])
+    hold_shard_m, hold_ens_m = _margins_of(*holdout, ensemble.aggregation)
+    sampled = (f"members are a sample: {len(train_ens_m):,} of {n_train:,} training records (at most "
+               f"{MIA_MEMBERS // n_shards:,} per shard, smallest keyed record hashes)",)
+    return _AttackInputs(
+        shard_args={"margins": train_shard_m, "member_of": member_of, "holdout_margins": hold_shard_m, "rmia": True,
+                    "seed": seed},
+        ensemble_members=train_ens_m, ensemble_holdout=hold_ens_m, notes=sampled if len(train_ens_m) < n_train else ())
+
+
 def membership_audit(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarray], shards_dir: Path,
                      n_shards: int, features: list[str], label: str, labels: list, reports_dir: Path,
                      forget: pd.DataFrame | None = None, seed: int = 0, cache: AuditCache | None = None,
-                     executor: Executor | None = None) -> dict:
+                     executor: Executor | None = None, intervals: bool = True) -> dict:
     """Attack the ensemble and every shard model; returns the summary the gates read.
 
     `holdout`: every shard model's logits (S, n, classes) on the held-out rows and their
@@ -53,27 +82,23 @@ def membership_audit(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarra
     kept from earlier audits in this process (the members' are looked up there, and added).
     `executor`: worker processes for the shard attacks' bootstraps, which then run beside the
     ensemble's and the forget set's attacks here; the summary is the same either way.
+    `intervals` False: the bootstrap intervals of the ensemble and shard attacks, which no
+    gate reads, are left for `attach_intervals`; the forget set's, which a gate reads, are drawn.
     """
-    scored, n_train = score_members(ensemble, shards_dir=shards_dir, n_shards=n_shards, features=features,
-                                    label=label, labels=labels, cache=cache or AuditCache())
-    margins = [(k, *_margins_of(logits, y, ensemble.aggregation)) for k, y, logits in scored if len(y)]
-    train_shard_m, train_ens_m = np.concatenate([m for _, m, _ in margins]), np.concatenate([e for _, _, e in margins])
-    member_of = np.concatenate([np.full(len(e), k) for k, _, e in margins])
-    hold_shard_m, hold_ens_m = _margins_of(*holdout, ensemble.aggregation)
-    shard_args = {"margins": train_shard_m, "member_of": member_of, "holdout_margins": hold_shard_m, "rmia": True,
-                  "seed": seed, "executor": executor}
-    sampled = (f"members are a sample: {len(train_ens_m):,} of {n_train:,} training records (at most "
-               f"{MIA_MEMBERS // n_shards:,} per shard, smallest keyed record hashes)",)
+    inputs = _attack_inputs(ensemble=ensemble, holdout=holdout, shards_dir=shards_dir, n_shards=n_shards,
+                            features=features, label=label, labels=labels, seed=seed, cache=cache or AuditCache())
+    n_bootstrap = N_BOOTSTRAP if intervals else 0
+    shard_args = {**inputs.shard_args, "n_bootstrap": n_bootstrap, "executor": executor if intervals else None}
     erased = None
     with ThreadPoolExecutor(1) as side:  # with `executor`, a thread waits on the workers while this goes on
-        pending = side.submit(shard_attacks, **shard_args) if executor is not None else None
-        population = evaluate_attack(attack="population/ensemble", member_scores=train_ens_m,
-                                     nonmember_scores=hold_ens_m, seed=seed,
-                                     notes=sampled if len(train_ens_m) < n_train else ())
+        pending = side.submit(shard_attacks, **shard_args) if shard_args["executor"] is not None else None
+        population = evaluate_attack(attack="population/ensemble", member_scores=inputs.ensemble_members,
+                                     nonmember_scores=inputs.ensemble_holdout, seed=seed, n_bootstrap=n_bootstrap,
+                                     notes=inputs.notes)
         if forget is not None and len(forget):
             _, forget_m = _margins(ensemble, *_arrays(forget, features, label, labels))
             erased = evaluate_attack(attack="population/forget-set", member_scores=forget_m,
-                                     nonmember_scores=hold_ens_m, seed=seed,
+                                     nonmember_scores=inputs.ensemble_holdout, seed=seed, n_bootstrap=N_BOOTSTRAP,
                                      member_groups=forget[SUBJECT_KEY].to_numpy())
         attacked = pending.result() if pending else shard_attacks(**shard_args)
     results = [population, *attacked]
@@ -81,10 +106,56 @@ def membership_audit(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarra
     if erased is not None:
         summary["forget_set"] = {**erased.to_json(), "n_subjects": int(forget[SUBJECT_KEY].nunique())}
         results.append(erased)
+    if not intervals:
+        summary[INTERVALS_PENDING] = True
     reports_dir.mkdir(parents=True, exist_ok=True)
     plot_roc([(r.attack, r.fpr, r.tpr) for r in results], reports_dir / ROC_PLOT)
     (reports_dir / REPORT).write_text(json.dumps(summary, indent=1, sort_keys=True))
     return summary
+
+
+def attach_intervals(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarray], shards_dir: Path,
+                     n_shards: int, features: list[str], label: str, labels: list, reports_dir: Path, seed: int = 0,
+                     cache: AuditCache | None = None, executor: Executor | None = None) -> bool:
+    """Draw the intervals a `membership_audit(intervals=False)` left out, into its report.
+
+    The same models and members give the same scores, so the report becomes what an audit
+    with intervals would have written. False when the report has none pending. Raises
+    AuditChanged if the models or data changed since the audit (a point figure differs).
+    """
+    path = reports_dir / REPORT
+    report = json.loads(path.read_text())
+    if not report.get(INTERVALS_PENDING):
+        return False
+    inputs = _attack_inputs(ensemble=ensemble, holdout=holdout, shards_dir=shards_dir, n_shards=n_shards,
+                            features=features, label=label, labels=labels, seed=seed, cache=cache or AuditCache())
+    with ThreadPoolExecutor(1) as side:
+        pending = (side.submit(shard_attacks, **inputs.shard_args, executor=executor)
+                   if executor is not None else None)
+        population = evaluate_attack(attack="population/ensemble", member_scores=inputs.ensemble_members,
+                                     nonmember_scores=inputs.ensemble_holdout, seed=seed, notes=inputs.notes)
+        attacked = pending.result() if pending else shard_attacks(**inputs.shard_args)
+    completed = summarise(population, attacked)
+    for key in ("ensemble", "shards", "rmia_shards"):
+        if _without_intervals(report[key]) != _without_intervals(completed[key]):
+            raise AuditChanged(f"the audit in {path} no longer matches the published models and data; "
+                               "its intervals were not drawn (the next audit draws them)")
+    report.update({key: completed[key] for key in ("ensemble", "shards", "rmia_shards")})
+    del report[INTERVALS_PENDING]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1, sort_keys=True))
+    tmp.replace(path)
+    return True
+
+
+class AuditChanged(Exception):
+    """The report's audit is not of the models and data published now."""
+
+
+def _without_intervals(results: dict | list[dict]) -> dict | list[dict]:
+    if isinstance(results, list):
+        return [_without_intervals(r) for r in results]
+    return {k: v for k, v in results.items() if k != "intervals"}
 
 
 def summarise(population: AttackResult, shard_results: list[AttackResult]) -> dict:

@@ -74,7 +74,7 @@ class AttackResult:
     balanced_accuracy: float  # max over thresholds of (TPR + TNR) / 2
     n_members: int  # member scores evaluated
     n_nonmembers: int  # non-member scores evaluated
-    intervals: dict[str, Interval]  # 95% bootstrap interval for each name in METRIC_NAMES
+    intervals: dict[str, Interval]  # 95% bootstrap interval for each name in METRIC_NAMES; {} when not drawn
     notes: tuple[str, ...]  # caveats a reader needs to interpret the figures
     fpr: np.ndarray = field(repr=False, compare=False)  # ROC curve x, for plot_roc; not in to_json
     tpr: np.ndarray = field(repr=False, compare=False)  # ROC curve y, for plot_roc; not in to_json
@@ -274,10 +274,12 @@ def evaluate_attack(
     subject key) resamples members by group instead: one person's records are
     correlated, and resampling them as independent rows makes the interval too narrow.
     `notes` are kept, and notes about too few non-members for the low-FPR figures are added.
+    `n_bootstrap` 0: the point figures alone (`intervals` empty), for intervals drawn later.
     """
     pos = _scores("member_scores", member_scores)
     neg = _scores("nonmember_scores", nonmember_scores)
-    intervals = _bootstrap_intervals(pos, neg, n_bootstrap=n_bootstrap, seed=seed, member_groups=member_groups)
+    intervals = (_bootstrap_intervals(pos, neg, n_bootstrap=n_bootstrap, seed=seed, member_groups=member_groups)
+                 if n_bootstrap else {})
     return _result(attack, pos, neg, intervals, notes)
 
 
@@ -322,6 +324,7 @@ def shard_attacks(
     probability, which is a function of the margin (log p = −log(1 + e^−margin)). Needs S >= 2.
     `executor` (e.g. the training workers, idle by now) computes the shards' bootstraps, one
     group of equal sizes each; the intervals do not depend on where they were computed.
+    `n_bootstrap` 0: no intervals (see `evaluate_attack`).
     """
     train = np.asarray(margins, dtype=np.float64)
     holdout = np.asarray(holdout_margins, dtype=np.float64)
@@ -350,13 +353,15 @@ def shard_attacks(
         for k, (n_members, lp) in log_probs.items():
             scores = rmia_offline_scores(target_log_prob=lp[:, k], reference_log_probs=np.delete(lp, k, axis=1))
             scored.append((f"rmia-offline/shard-{k}", scores[:n_members], scores[n_members:]))
+    notes = _reference_notes(n_shards - 1)
+    if not n_bootstrap:
+        return [_result(name, pos, neg, {}, notes) for name, pos, neg in scored]
     # attacks with as many members draw the same resamples (same seed, same sizes): draw them once
     groups = [[i for i, (_, pos, _) in enumerate(scored) if pos.size == size]
               for size in sorted({pos.size for _, pos, _ in scored})]
     jobs = [[_Resampling.of(*scored[i][1:]) for i in same] for same in groups]
     shared = (executor or _InProcess()).map(partial(_shared_bootstrap, n_bootstrap=n_bootstrap, seed=seed), jobs)
     intervals = {i: found for same, group in zip(groups, shared) for i, found in zip(same, group)}
-    notes = _reference_notes(n_shards - 1)
     return [_result(name, pos, neg, intervals[i], notes) for i, (name, pos, neg) in enumerate(scored)]
 
 
