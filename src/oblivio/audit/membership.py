@@ -10,6 +10,7 @@ go to `reports/`; the summary feeds the gates.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,22 @@ def _attack_inputs(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarray]
         ensemble_members=train_ens_m, ensemble_holdout=hold_ens_m, notes=sampled if len(train_ens_m) < n_train else ())
 
 
+def _attack(inputs: _AttackInputs, *, seed: int, n_bootstrap: int, executor: Executor | None,
+            meanwhile: Callable[[], AttackResult | None] = lambda: None
+            ) -> tuple[AttackResult, list[AttackResult], AttackResult | None]:
+    """The ensemble's and every shard model's attacks, and `meanwhile()`'s result: with `executor`, a
+    thread waits on its workers, which draw the shard attacks' bootstraps, while the rest runs here."""
+    shard_args = {**inputs.shard_args, "n_bootstrap": n_bootstrap, "executor": executor}
+    with ThreadPoolExecutor(1) as side:
+        pending = side.submit(shard_attacks, **shard_args) if executor is not None else None
+        population = evaluate_attack(attack="population/ensemble", member_scores=inputs.ensemble_members,
+                                     nonmember_scores=inputs.ensemble_holdout, seed=seed, n_bootstrap=n_bootstrap,
+                                     notes=inputs.notes)
+        extra = meanwhile()
+        attacked = pending.result() if pending else shard_attacks(**shard_args)
+    return population, attacked, extra
+
+
 def membership_audit(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarray], shards_dir: Path,
                      n_shards: int, features: list[str], label: str, labels: list, reports_dir: Path,
                      forget: pd.DataFrame | None = None, seed: int = 0, cache: AuditCache | None = None,
@@ -87,20 +104,17 @@ def membership_audit(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarra
     """
     inputs = _attack_inputs(ensemble=ensemble, holdout=holdout, shards_dir=shards_dir, n_shards=n_shards,
                             features=features, label=label, labels=labels, seed=seed, cache=cache or AuditCache())
-    n_bootstrap = N_BOOTSTRAP if intervals else 0
-    shard_args = {**inputs.shard_args, "n_bootstrap": n_bootstrap, "executor": executor if intervals else None}
-    erased = None
-    with ThreadPoolExecutor(1) as side:  # with `executor`, a thread waits on the workers while this goes on
-        pending = side.submit(shard_attacks, **shard_args) if shard_args["executor"] is not None else None
-        population = evaluate_attack(attack="population/ensemble", member_scores=inputs.ensemble_members,
-                                     nonmember_scores=inputs.ensemble_holdout, seed=seed, n_bootstrap=n_bootstrap,
-                                     notes=inputs.notes)
-        if forget is not None and len(forget):
-            _, forget_m = _margins(ensemble, *_arrays(forget, features, label, labels))
-            erased = evaluate_attack(attack="population/forget-set", member_scores=forget_m,
-                                     nonmember_scores=inputs.ensemble_holdout, seed=seed, n_bootstrap=N_BOOTSTRAP,
-                                     member_groups=forget[SUBJECT_KEY].to_numpy())
-        attacked = pending.result() if pending else shard_attacks(**shard_args)
+
+    def forget_set() -> AttackResult | None:
+        if forget is None or not len(forget):
+            return None
+        _, forget_m = _margins(ensemble, *_arrays(forget, features, label, labels))
+        return evaluate_attack(attack="population/forget-set", member_scores=forget_m,
+                               nonmember_scores=inputs.ensemble_holdout, seed=seed, n_bootstrap=N_BOOTSTRAP,
+                               member_groups=forget[SUBJECT_KEY].to_numpy())
+
+    population, attacked, erased = _attack(inputs, seed=seed, n_bootstrap=N_BOOTSTRAP if intervals else 0,
+                                           executor=executor if intervals else None, meanwhile=forget_set)
     results = [population, *attacked]
     summary = summarise(population, attacked)
     if erased is not None:
@@ -129,12 +143,7 @@ def attach_intervals(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarra
         return False
     inputs = _attack_inputs(ensemble=ensemble, holdout=holdout, shards_dir=shards_dir, n_shards=n_shards,
                             features=features, label=label, labels=labels, seed=seed, cache=cache or AuditCache())
-    with ThreadPoolExecutor(1) as side:
-        pending = (side.submit(shard_attacks, **inputs.shard_args, executor=executor)
-                   if executor is not None else None)
-        population = evaluate_attack(attack="population/ensemble", member_scores=inputs.ensemble_members,
-                                     nonmember_scores=inputs.ensemble_holdout, seed=seed, notes=inputs.notes)
-        attacked = pending.result() if pending else shard_attacks(**inputs.shard_args)
+    population, attacked, _ = _attack(inputs, seed=seed, n_bootstrap=N_BOOTSTRAP, executor=executor)
     completed = summarise(population, attacked)
     for key in ("ensemble", "shards", "rmia_shards"):
         if _without_intervals(report[key]) != _without_intervals(completed[key]):
