@@ -33,6 +33,7 @@ ROC_PLOT = "mia_roc.svg"
 MIA_MEMBERS = 50_000
 N_BOOTSTRAP = 200  # resamples behind each 95% interval
 INTERVALS_PENDING = "intervals_pending"  # in a report whose non-gating intervals are still to be drawn
+DEFERRED = ("ensemble", "shards", "rmia_shards")  # the report's entries whose intervals may be drawn later
 
 
 def _margins_of(logits: np.ndarray, y: np.ndarray, aggregation: str) -> tuple[np.ndarray, np.ndarray]:
@@ -145,11 +146,11 @@ def attach_intervals(*, ensemble: Ensemble, holdout: tuple[np.ndarray, np.ndarra
                             features=features, label=label, labels=labels, seed=seed, cache=cache or AuditCache())
     population, attacked, _ = _attack(inputs, seed=seed, n_bootstrap=N_BOOTSTRAP, executor=executor)
     completed = summarise(population, attacked)
-    for key in ("ensemble", "shards", "rmia_shards"):
+    for key in DEFERRED:
         if _without_intervals(report[key]) != _without_intervals(completed[key]):
             raise AuditChanged(f"the audit in {path} no longer matches the published models and data; "
                                "its intervals were not drawn (the next audit draws them)")
-    report.update({key: completed[key] for key in ("ensemble", "shards", "rmia_shards")})
+    report.update({key: completed[key] for key in DEFERRED})
     del report[INTERVALS_PENDING]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(report, indent=1, sort_keys=True))
