@@ -252,6 +252,20 @@ def served_flow_phases(api_url: str, flow_name: str, cli_wall: float) -> list[tu
                    "outside the flow (the command, the hand-over to serve and back)", not_waited=NOT_WAITED)
 
 
+def served_flow_end(ws: Path, flow_run_id: str, timeout: float = 300) -> float:
+    """Wait for a served run's flow to end (its last step, the MIA intervals, runs after the
+    waiting command has returned); the seconds waited. The next command then meets an idle serve."""
+    from oblivio.flows.handover import flow_run_state
+
+    api_url = json.loads((ws / ".oblivio" / "serve.json").read_text())["api_url"]
+    began = time.monotonic()
+    while flow_run_state(api_url, flow_run_id)[0] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        if time.monotonic() - began > timeout:
+            raise BenchError(f"served flow run {flow_run_id} did not end within {timeout:.0f} s")
+        time.sleep(0.2)
+    return time.monotonic() - began
+
+
 # steps a served deletion flow runs after the requests are settled: `forget --wait` has returned by then
 NOT_WAITED = ("attach-intervals",)
 AFTER_RETURN = " (after the command returned)"

@@ -19,7 +19,8 @@ from contextlib import nullcontext
 import numpy as np
 
 from bench.common import (
-    QUICK_PARAMS, Section, Settings, cli_json, figures, make_workspace, secs, serving, set_params, times, verdict,
+    QUICK_PARAMS, Section, Settings, cli_json, figures, make_workspace, secs, served_flow_end, serving, set_params,
+    times, verdict,
 )
 
 GROWTH_BAR = 4.0  # the bar: a growth run at least 4x faster than a full run of the grown table
@@ -53,9 +54,12 @@ def grow(ws, people: int, quick: bool, *, served: bool) -> dict:
     set_params(ws, {"data": {"limit_subjects": people if quick or people < DEFAULT_PEOPLE else 0}})
     with serving(ws) if served else nullcontext():
         grown, grown_wall = cli_json(ws, "run")
+        after = served_flow_end(ws, grown["flow_run_id"]) if served else 0.0  # each run meets an idle serve
         scratch, scratch_wall = cli_json(ws, "run", "--from-scratch")
+        if served:
+            served_flow_end(ws, scratch["flow_run_id"])
     return {"grown": grown, "grown_wall": grown_wall, "scratch": scratch, "scratch_wall": scratch_wall,
-            "ratio": scratch_wall / grown_wall}
+            "ratio": scratch_wall / grown_wall, "after_return": after}
 
 
 def run(settings: Settings) -> Section:
@@ -83,7 +87,8 @@ def run(settings: Settings) -> Section:
         ("slice stages trained by the growth run", f"{grown['slices_trained']} of {n_stages}",
          f"shards that received records: {len(placement['shards_grown'])} (baseline included when configured)"),
         ("growth run's steps, served (s)", ", ".join(f"{k} {v:.1f}" for k, v in grown["steps"].items() if v >= 0.05),
-         "train: the last stage of each grown shard, and of the baseline"),
+         f"train: the last stage of each grown shard, and of the baseline; then, after the command returned, "
+         f"the MIA intervals no gate reads ({secs(served['after_return'])})"),
         ("newest slice's share of its shard after growth, worst shard", f"{placement['newest_slice_share']:.2f}",
          f"1/R = {1 / scratch['n_slices']:.2f} before any growth"),
         ("one-person erasure retrains, mean share of the shard's stage training",

@@ -14,8 +14,12 @@ from oblivio.workspace import WorkspaceDir
 
 @flow(name="oblivio-pipeline")
 def training_pipeline(root: str, n_shards: int, *, baseline: bool | None = None, from_scratch: bool = False,
-                      trigger: str = "manual", reslice: bool = False) -> dict:
-    """`baseline` None: as `report.baseline` says (a scheduled run passes none)."""
+                      trigger: str = "manual", reslice: bool = False, defer_intervals: bool = False) -> dict:
+    """`baseline` None: as `report.baseline` says (a scheduled run passes none).
+
+    `defer_intervals` (a run handed over by a waiting `oblivio run`): the waiting command gets
+    its outcome once the version is promoted, and the MIA intervals no gate reads are drawn
+    after, as a deletion's are."""
     clock = StepClock()
     if baseline is None:
         baseline = WorkspaceDir(Path(root)).params.report.baseline
@@ -31,7 +35,7 @@ def training_pipeline(root: str, n_shards: int, *, baseline: bool | None = None,
     clock.lap("publish")
     baseline_result = baseline_future.result() if baseline_future else None
     clock.lap("baseline")  # what the baseline still needed once the shards were published
-    metrics = t.evaluate(root, baseline_result)
+    metrics = t.evaluate(root, baseline_result, defer_intervals=defer_intervals)
     clock.lap("evaluate")
     hashes = t.version(root, ["ingest", "train", "evaluate"])  # one DVC commit + push for the run
     clock.lap("version")
@@ -42,7 +46,13 @@ def training_pipeline(root: str, n_shards: int, *, baseline: bool | None = None,
     clock.lap("promote")
     t.emit_lineage(root, "pipeline", {"data": hashes, "registered": registered})
     clock.lap("notify")
-    return {**registered.to_dict(), **promoted.to_dict(), "ingest": ingested, "shards": shards,
-            "slices_trained": sum(len(s["slices_trained"]) for s in shards),
-            "slices_reused": sum(len(s["slices_reused"]) for s in shards),
-            "steps": clock.steps, "seconds": clock.seconds}
+    summary = {**registered.to_dict(), **promoted.to_dict(), "ingest": ingested, "shards": shards,
+               "slices_trained": sum(len(s["slices_trained"]) for s in shards),
+               "slices_reused": sum(len(s["slices_reused"]) for s in shards),
+               "steps": clock.steps, "seconds": clock.seconds}
+    if not defer_intervals:
+        return summary
+    t.hand_back(root, summary)  # the waiting command is done: what follows changes no figure it printed
+    intervals = t.attach_intervals(root, registered.run_id)
+    clock.lap("intervals")
+    return {**summary, "intervals": intervals, "steps": clock.steps, "seconds": clock.seconds}

@@ -90,6 +90,19 @@ def promote(root: str, registered: Registered) -> Promotion:
     return registry.promote(Path(root), registered)
 
 
+def hand_back(root: str, summary: dict) -> None:
+    """The outcome a waiting `oblivio run` reads (flows/handover.py), before the flow's last step.
+
+    A plain call, not a task: its value is the outcome file, which serve writes again, with
+    the last step's result, when the flow ends."""
+    from prefect.runtime import flow_run
+
+    from oblivio.flows import handover
+    from oblivio.workspace import WorkspaceDir
+
+    handover.write_outcome(WorkspaceDir(Path(root)).runs_dir, flow_run.id, {"summary": summary})
+
+
 def emit_lineage(root: str, kind: str, summary: dict) -> int:
     """OpenLineage events for the flow run (`openlineage` in params.yaml; off by default).
 

@@ -565,7 +565,9 @@ class Workspace:
         deployment = json.loads(self.layout.serve_state_path.read_text()).get("deployments", {}).get("pipeline")
         if deployment is None:  # a `serve` from before runs were handed over
             return None
-        parameters = {"root": str(self.root), "n_shards": self.layout.params.sisa.shards, **options}
+        # this command waits for the promoted version, not for the MIA intervals no gate reads
+        parameters = {"root": str(self.root), "n_shards": self.layout.params.sisa.shards, **options,
+                      "defer_intervals": True}
         flow_run = handover.create_flow_run(api_url, deployment, parameters)
         self.progress(f"run handed to the running `oblivio serve` (flow run {flow_run}); waiting for it")
         checks = 0

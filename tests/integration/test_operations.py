@@ -91,6 +91,20 @@ def test_serve_runs_deletions_on_events_and_leaves_deployments_active(trained):
         assert served_run["processed_by"] == "serve" and served_run["slices_trained"] == 3 * 2
         assert [s["weights_sha256"] for s in served_run["shards"]] == [s["trained_weights_sha256"] for s in published]
         assert served_run["model_version"] == waited["model_version"] + 2 and served_run["promoted"] is True
+        # it returned once promoted: the MIA intervals no gate reads are drawn after, and logged to its run
+        assert "intervals" not in served_run
+        outcome = ws / ".oblivio" / "runs" / f"{served_run['flow_run_id']}.json"
+        while "intervals" not in (final := json.loads(outcome.read_text())["summary"]):
+            assert time.monotonic() < deadline + 600, "the served run's flow did not end"
+            time.sleep(0.5)
+        assert final["intervals"] == {"attached": True} and final["model_version"] == served_run["model_version"]
+        from oblivio import tracking
+        from oblivio.workspace import WorkspaceDir
+
+        cfg = WorkspaceDir(ws).mlflow
+        c = tracking.client(cfg)
+        logged = json.loads(open(c.download_artifacts(final["run_id"], "mia.json")).read())
+        assert "intervals_pending" not in logged and all(s.get("intervals") for s in logged["shards"])
         assert json.loads(cli(ws, "verify", "--json").stdout)["ok"] is True
     finally:
         os.killpg(server.pid, signal.SIGTERM)

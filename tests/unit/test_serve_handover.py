@@ -72,7 +72,7 @@ def test_run_is_handed_to_serve_and_returns_its_summary(served, monkeypatch):
     result = served.run(from_scratch=True)
     assert created == {"api": API, "deployment": "dep-pipeline", "parameters": {
         "root": str(served.root), "n_shards": served.layout.params.sisa.shards, "baseline": None,
-        "from_scratch": True, "reslice": False, "trigger": "manual"}}
+        "from_scratch": True, "reslice": False, "trigger": "manual", "defer_intervals": True}}
     assert (result.model_version, result.promoted, result.slices_trained) == (3, True, 2)
     assert result.details["processed_by"] == "serve" and result.details["flow_seconds"] == 4.0
     assert result.model_name == served.layout.mlflow.model_name
