@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.common import (
     QUICK_PARAMS, BenchError, Section, Settings, Table, cli_json, dir_bytes, figures, file_sizes, flow_phases, log,
     make_workspace, phase_table, replicated_nlswork, round_robin, secs, served_flow_phases, serving, times,
-    training_subjects, verdict,
+    idle_cpu_share, median, training_subjects, verdict,
 )
 
 BATCH = 100
@@ -77,6 +77,7 @@ def warm_floor(ws: Path, retrained: dict[str, list[int]]) -> float:
 
 
 SERVED = 3  # erasures with `serve` running; the median is reported (each is ~10 s, the box is noisy)
+COLD_FLOOR_REPEATS = 2  # cold `oblivio process` runs with nothing to do: the fixed cost under any cold erasure
 
 
 def forget_vs_retrain(ws: Path) -> dict:
@@ -89,6 +90,11 @@ def forget_vs_retrain(ws: Path) -> dict:
     before, shards_bytes = file_sizes(cache), dir_bytes(ws / "data" / "shards")
     forgot, forget_wall = cli_json(ws, "forget", "--subject", subject, "--wait")
     forget_phases = flow_phases(ws, forget_wall)
+    # the same cold command with nothing left to do: interpreter, imports, Prefect server, an empty
+    # flow; no cold erasure can be quicker, whatever its flow does
+    nothing = [cli_json(ws, "process") for _ in range(COLD_FLOOR_REPEATS)]
+    if any(out["status"] != "nothing to do" for out, _ in nothing):
+        raise BenchError(f"`oblivio process` found work after the erasure: {[out['status'] for out, _ in nothing]}")
     after = file_sizes(cache)
     floor = retrained_seconds(ws, forgot["model_version"])
     certificate = json.loads(Path(next(iter(forgot["certificate"].values()))).read_text())
@@ -96,6 +102,7 @@ def forget_vs_retrain(ws: Path) -> dict:
     served = []
     with serving(ws):
         api_url = json.loads((ws / ".oblivio" / "serve.json").read_text())["api_url"]
+        idle = idle_cpu_share(ws)
         for person, _ in served_people:
             out, wall = cli_json(ws, "forget", "--subject", person, "--wait")
             # waits for the flow's end: each request comes to an idle serve (the flow's last step,
@@ -111,6 +118,7 @@ def forget_vs_retrain(ws: Path) -> dict:
         "slices_retrained": forgot["slices_retrained"], "shards_retrained": forgot["shards_retrained"],
         "slice_stages": trained["n_shards"] * trained["n_slices"], "decision": forgot["decision"],
         "forget_wall": forget_wall, "forget_flow": forgot["flow_seconds"], "compute_floor": floor, "warm_floor": warm,
+        "cold_floor": median([wall for _, wall in nothing]), "serve_idle_cpu": idle,
         "full_wall": full_wall, "full_flow": full["flow_seconds"], "configured_wall": configured_wall,
         "served_walls": served_walls, "served_wall": served_walls[len(served_walls) // 2],
         "served_slices": [out["slices_retrained"] for out, _, _ in served],
@@ -147,12 +155,16 @@ def comparison_column(r: dict, bar: float) -> list[tuple[str, str]]:
         (f"`forget --wait` with `oblivio serve` running: median of {len(r['served_walls'])}",
          f"{secs(r['served_wall'])} ({served}; slice stages {r['served_slices']}; processed by "
          f"{', '.join(r['served_by'])})"),
+        ("idle `oblivio serve` (with its Prefect server and warm workers): CPU s per wall s",
+         f"{r['serve_idle_cpu']:.3f} (over 20 s, before the served erasures)"),
         ("`run --from-scratch` wall (as configured: baseline included)", secs(r["configured_wall"])),
         ("`run --from-scratch --no-baseline` wall", secs(r["full_wall"])),
         ("**speed-up, served: full run / forget**", speedup(r["configured_wall"], r["served_wall"])),
         ("**speed-up, served: full run without baseline / forget**", speedup(r["full_wall"], r["served_wall"])),
         ("speed-up, cold: full run / forget", speedup(r["configured_wall"], r["forget_wall"])),
         ("speed-up, cold: full run without baseline / forget", speedup(r["full_wall"], r["forget_wall"])),
+        (f"cold floor: `oblivio process` with nothing to do (median of {COLD_FLOOR_REPEATS})",
+         f"{secs(r['cold_floor'])}; the most a cold erasure could reach: {times(r['configured_wall'] / r['cold_floor'])}"),
         ("DVC cache bytes added by the erasure", f"{r['cache_added']:,}"),
         ("size of data/shards", f"{r['shards_bytes']:,}"),
         ("added / data/shards", f"{r['cache_added'] / r['shards_bytes']:.2f}"),

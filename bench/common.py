@@ -153,6 +153,29 @@ def serving(ws: Path, env: dict[str, str] | None = None) -> Iterator[None]:
         proc.wait(timeout=120)
 
 
+def idle_cpu_share(ws: Path, seconds: float = 20.0, settle: float = 5.0) -> float:
+    """CPU seconds per wall second that a running, idle `oblivio serve` of `ws` spends, with its
+    Prefect server and warm workers (its whole process tree), after `settle` seconds of quiet."""
+    import psutil
+
+    serve = psutil.Process(json.loads((ws / ".oblivio" / "serve.json").read_text())["pid"])
+    time.sleep(settle)
+
+    def cpu() -> float:
+        total = 0.0
+        for proc in [serve, *serve.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+    before = cpu()
+    time.sleep(seconds)
+    return (cpu() - before) / seconds
+
+
 def wall_times(cmd: list[str], repeats: int) -> list[float]:
     """Wall clock of `cmd`, `repeats` times in a row."""
     out = []

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import socket
 import urllib.request
 from pathlib import Path
 
@@ -24,6 +26,44 @@ def create_flow_run(api_url: str, deployment_id: str, parameters: dict) -> str:
                                      method="POST", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())["id"]
+
+
+class Doorbell:
+    """A loopback UDP port that `serve` waits on between polls: a command that has just created a
+    run rings it, and the run is claimed at once instead of at the next poll, which can then be
+    rare (an idle serve's polling is CPU on both ends). A ring carries nothing; anyone on the
+    machine may ring, which costs one extra poll; a lost ring costs one poll interval."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.setblocking(False)
+        self.port: int = self._socket.getsockname()[1]
+
+    def wait(self, timeout: float) -> bool:
+        """Up to `timeout` seconds for a ring; True if there was one (all pending rings are taken)."""
+        ready, _, _ = select.select([self._socket], [], [], timeout)
+        if not ready:
+            return False
+        while True:
+            try:
+                self._socket.recv(64)
+            except BlockingIOError:
+                return True
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def ring(port: int | None) -> None:
+    """Ring a `serve`'s doorbell (the `wake_port` of its state file); nothing if it has none."""
+    if not port:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(b"run", ("127.0.0.1", int(port)))
+        except OSError:  # serve is gone: its next poll, or the caller's fallback, takes over
+            pass
 
 
 def flow_run_state(api_url: str, flow_run_id: str) -> tuple[str, str]:

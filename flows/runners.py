@@ -82,6 +82,14 @@ class ProcessWorkerPoolTaskRunner(WorkerPoolTaskRunner):
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
+# A warm pool idles between runs, for days: Dask's statistical profiler (a sample of every
+# worker thread each 10 ms, for its dashboard, which serve does not start) and its system
+# monitor's twice-a-second reading cost CPU all that time and nothing a run needs.
+QUIET_WORKERS = {"distributed.worker.profile.enabled": False, "distributed.admin.system-monitor.interval": "5s",
+                 "distributed.admin.system-monitor.gil.enabled": False, "distributed.admin.tick.interval": "1s",
+                 "distributed.worker.memory.monitor-interval": "1s"}
+
+
 @contextmanager
 def warm_task_runner(kind: str, *, max_workers: int, dask_address: str = "") -> Iterator[TaskRunner]:
     """The task runner of a long-lived process (`serve`), whose worker processes outlive each run.
@@ -96,9 +104,10 @@ def warm_task_runner(kind: str, *, max_workers: int, dask_address: str = "") -> 
     if kind not in ("process", "dask") or dask_address:
         yield make_task_runner(kind, max_workers=max_workers, dask_address=dask_address)
         return
+    import dask
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=max_workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with dask.config.set(QUIET_WORKERS), LocalCluster(n_workers=max_workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster) as client:
             client.run(load_training)
             yield WorkerPoolTaskRunner(max_workers, client.get_executor(pure=False))

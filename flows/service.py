@@ -85,7 +85,7 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
             runs.start()
             watch = RequestWatch(ws, api_url)
             watch.start()
-            state = {"api_url": api_url, "pid": os.getpid(),
+            state = {"api_url": api_url, "pid": os.getpid(), "wake_port": runs.doorbell.port,
                      "deployments": {"pipeline": str(pipeline_id), "deletion": str(deletion_id)}}
             if intake is not None:
                 from oblivio.http_intake import announcer

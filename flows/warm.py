@@ -20,9 +20,13 @@ from typing import Any
 from uuid import UUID
 
 from oblivio.errors import OblivioError
+from oblivio.flows.handover import Doorbell, ring
 from oblivio.workspace import WorkspaceDir
 
-POLL_SECONDS = 0.1  # a read on a local API: it answers in milliseconds and writes nothing
+# A read on the API, between rings of the doorbell (flows/handover.py) by the commands that
+# create runs: what it still finds at once are the runs the server creates itself (the
+# schedule's, the automation's on a request event)
+POLL_SECONDS = 0.5
 
 
 def warm_up(ws: WorkspaceDir) -> None:
@@ -85,6 +89,7 @@ class WarmRuns:
         self.root = root
         self.deployments = {d.id: d for d in deployments}
         self.stopping = threading.Event()
+        self.doorbell = Doorbell()
         self.thread = threading.Thread(target=self._loop, name="oblivio-warm-runs", daemon=True)
 
     def start(self) -> None:
@@ -93,7 +98,9 @@ class WarmRuns:
     def stop(self, timeout: float = 600) -> None:
         """Let a run in progress finish (a killed one would be redone: checkpoints and the ledger)."""
         self.stopping.set()
+        ring(self.doorbell.port)  # an idle loop ends now, not at its next poll
         self.thread.join(timeout)
+        self.doorbell.close()
 
     def _loop(self) -> None:
         from prefect.client.orchestration import get_client
@@ -120,7 +127,7 @@ class WarmRuns:
                             self._execute(flow_run, self.deployments[flow_run.deployment_id])
                 except Exception as err:  # the server restarting must not end the loop
                     print(f"oblivio serve: warm runs: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-                self.stopping.wait(POLL_SECONDS)
+                self.doorbell.wait(POLL_SECONDS)
 
     @staticmethod
     def _claim(client, flow_run) -> bool:

@@ -97,3 +97,16 @@ def test_a_process_run_that_fails_before_training_does_not_wait_for_its_workers(
     assert len(seen["warming"]) == 2
     assert any(isinstance(f.exception(), BrokenProcessPool) for f in seen["warming"])  # stopped mid-warm-up
     assert multiprocessing.active_children() == []
+
+
+def test_the_warm_pool_of_serve_idles_without_dasks_monitors():
+    """`serve`'s warm pool waits for days between runs: the settings that keep its idle workers quiet
+    (no statistical profiler, slow monitors) must reach the spawned worker processes."""
+    from oblivio.flows.runners import QUIET_WORKERS, warm_task_runner
+
+    keys = list(QUIET_WORKERS)
+    with warm_task_runner("process", max_workers=1) as runner:
+        on_worker = runner.worker_pool.submit(lambda: [__import__("dask").config.get(k) for k in keys]).result()
+        worker_pid = runner.worker_pool.submit(os.getpid).result()
+    assert worker_pid != os.getpid()
+    assert on_worker == list(QUIET_WORKERS.values())

@@ -119,3 +119,41 @@ def test_only_the_newest_outcomes_are_kept(tmp_path):
     assert kept == [f"run-{i:02d}" for i in range(5, handover.KEEP_OUTCOMES + 5)]
     assert handover.read_outcome(tmp_path, "run-24") == {"summary": {"i": 24}}
     assert handover.read_outcome(tmp_path, "run-00") is None
+
+
+def test_a_ring_wakes_the_doorbell_once_and_silence_times_out():
+    doorbell = handover.Doorbell()
+    try:
+        assert doorbell.wait(0.01) is False
+        handover.ring(doorbell.port)
+        handover.ring(doorbell.port)
+        assert doorbell.wait(5) is True
+        assert doorbell.wait(0.01) is False, "both rings were taken by the one wake-up"
+    finally:
+        doorbell.close()
+    handover.ring(doorbell.port)  # serve gone: nothing raised
+    handover.ring(None)  # a serve from before the doorbell
+
+
+@pytest.mark.parametrize("command", ["forget", "run"])
+def test_a_command_rings_serve_after_creating_its_run(served, monkeypatch, command):
+    """The run exists before the ring, so the woken serve finds it in the poll the ring starts."""
+    doorbell = handover.Doorbell()
+    state = json.loads(served.layout.serve_state_path.read_text())
+    served.layout.serve_state_path.write_text(json.dumps({**state, "wake_port": doorbell.port}))
+    rung_after_creation = []
+
+    def create_flow_run(api_url, deployment_id, parameters):
+        handover.write_outcome(served.layout.runs_dir, "run-3", {"summary": {
+            "model_version": 3, "promoted": True, "slices_trained": 2, "steps": {}, "seconds": 1.0}})
+        rung_after_creation.append(doorbell.wait(0.01))
+        return "run-3"
+
+    monkeypatch.setattr(handover, "create_flow_run", create_flow_run)
+    _settled_at_once(monkeypatch)
+    try:
+        served.forget(subjects=["42"], wait=True) if command == "forget" else served.run()
+        assert rung_after_creation == [False]
+        assert doorbell.wait(5) is True
+    finally:
+        doorbell.close()
