@@ -100,7 +100,8 @@ class WarmRuns:
         self.stopping.set()
         ring(self.doorbell.port)  # an idle loop ends now, not at its next poll
         self.thread.join(timeout)
-        self.doorbell.close()
+        if not self.thread.is_alive():  # a run still going past the timeout keeps its loop's doorbell
+            self.doorbell.close()
 
     def _loop(self) -> None:
         from prefect.client.orchestration import get_client
