@@ -279,10 +279,11 @@ def served_flow_end(ws: Path, flow_run_id: str, timeout: float = 300) -> float:
     """Wait for a served run's flow to end (its last step, the MIA intervals, runs after the
     waiting command has returned); the seconds waited. The next command then meets an idle serve."""
     from oblivio.flows.handover import flow_run_state
+    from oblivio.flows.history import FINAL
 
     api_url = json.loads((ws / ".oblivio" / "serve.json").read_text())["api_url"]
     began = time.monotonic()
-    while flow_run_state(api_url, flow_run_id)[0] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+    while flow_run_state(api_url, flow_run_id)[0] not in FINAL:
         if time.monotonic() - began > timeout:
             raise BenchError(f"served flow run {flow_run_id} did not end within {timeout:.0f} s")
         time.sleep(0.2)

@@ -28,6 +28,18 @@ def create_flow_run(api_url: str, deployment_id: str, parameters: dict) -> str:
         return json.loads(response.read())["id"]
 
 
+def start_run(api_url: str, state: dict, deployment: str, parameters: dict) -> str | None:
+    """A run of serve's `deployment` ("pipeline" or "deletion"), scheduled now, and serve woken to
+    claim it; its id. None when serve's state file (`state`) names no such deployment: a serve
+    from before runs were handed over."""
+    deployment_id = state.get("deployments", {}).get(deployment)
+    if deployment_id is None:
+        return None
+    flow_run = create_flow_run(api_url, deployment_id, parameters)
+    ring(state.get("wake_port"))
+    return flow_run
+
+
 class Doorbell:
     """A loopback UDP port that `serve` waits on between polls: a command that has just created a
     run rings it, and the run is claimed at once instead of at the next poll, which can then be

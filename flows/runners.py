@@ -107,7 +107,8 @@ def warm_task_runner(kind: str, *, max_workers: int, dask_address: str = "") -> 
     import dask
     from distributed import Client, LocalCluster
 
-    with dask.config.set(QUIET_WORKERS), LocalCluster(n_workers=max_workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with dask.config.set(QUIET_WORKERS), LocalCluster(n_workers=max_workers, threads_per_worker=1, processes=True,
+                                                      dashboard_address=None) as cluster:
         with Client(cluster) as client:
             client.run(load_training)
             yield WorkerPoolTaskRunner(max_workers, client.get_executor(pure=False))

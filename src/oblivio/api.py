@@ -542,15 +542,11 @@ class Workspace:
 
         from oblivio.flows import handover
 
-        state = json.loads(self.layout.serve_state_path.read_text())
-        deployment = state.get("deployments", {}).get("deletion")
-        if deployment is None:
+        started = handover.start_run(api_url, json.loads(self.layout.serve_state_path.read_text()), "deletion",
+                                     {"root": str(self.root), "n_shards": self.layout.params.sisa.shards,
+                                      "trigger": "forget"})
+        if started is None:
             self._announce(request_id)
-            return
-        handover.create_flow_run(api_url, deployment, {"root": str(self.root),
-                                                       "n_shards": self.layout.params.sisa.shards,
-                                                       "trigger": "forget"})
-        handover.ring(state.get("wake_port"))
 
     def _run_in_serve(self, options: dict) -> dict | None:
         """The training pipeline as a flow run of the `serve`d deployment, executed by serve's warm
@@ -564,15 +560,13 @@ class Workspace:
         api_url = serving_api(self.layout.serve_state_path)
         if api_url is None:
             return None
-        state = json.loads(self.layout.serve_state_path.read_text())
-        deployment = state.get("deployments", {}).get("pipeline")
-        if deployment is None:  # a `serve` from before runs were handed over
-            return None
         # this command waits for the promoted version, not for the MIA intervals no gate reads
         parameters = {"root": str(self.root), "n_shards": self.layout.params.sisa.shards, **options,
                       "defer_intervals": True}
-        flow_run = handover.create_flow_run(api_url, deployment, parameters)
-        handover.ring(state.get("wake_port"))
+        flow_run = handover.start_run(api_url, json.loads(self.layout.serve_state_path.read_text()), "pipeline",
+                                      parameters)
+        if flow_run is None:  # a `serve` from before runs were handed over
+            return None
         self.progress(f"run handed to the running `oblivio serve` (flow run {flow_run}); waiting for it")
         checks = 0
         while (outcome := handover.read_outcome(self.layout.runs_dir, flow_run)) is None:
