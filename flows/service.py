@@ -99,7 +99,7 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
                           state.get("intake_url", ""))
                 _wait_until_stopped()
             finally:
-                state_file.unlink(missing_ok=True)
+                _remove_own_state(state_file)
                 # every loop told first, then each joined: the server stops only after them
                 runs.stopping.set()
                 watch.stopping.set()
@@ -107,6 +107,15 @@ def serve_workspace(root: Path, *, n_shards: int, cron: str, timezone: str, host
                     intake.stop()
                 watch.stop()
                 runs.stop()
+
+
+def _remove_own_state(state_file: Path) -> None:
+    """serve.json goes with the serve that wrote it, never with another's."""
+    try:
+        if json.loads(state_file.read_text()).get("pid") == os.getpid():
+            state_file.unlink(missing_ok=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _wait_until_stopped() -> None:
@@ -187,6 +196,20 @@ class RequestWatch:
             except Exception as err:  # the server restarting must not end the watch
                 print(f"oblivio serve: request watch: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
             self.stopping.wait(self.tick)
+
+
+def still_serving(state_file: Path, pid: int) -> bool:
+    """Whether the serve (process `pid`) a command handed work to may still finish it. Told to stop,
+    serve removes its state file at once but finishes the run it has: a command that took the
+    missing file for a stopped serve redid a whole run, or found its request already settled and
+    reported "nothing to do"."""
+    if serving_api(state_file) is not None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def serving_api(state_file: Path) -> str | None:

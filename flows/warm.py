@@ -120,6 +120,10 @@ class WarmRuns:
                 next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=datetime.now(timezone.utc)))
 
         with get_client(sync_client=True) as client:
+            try:
+                self.crash_leftovers(client)
+            except Exception as err:  # the loop still runs; the leftovers then only block their deployment
+                print(f"oblivio serve: warm runs: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
             while not self.stopping.is_set():
                 try:
                     for flow_run in client.read_flow_runs(flow_run_filter=due(),
@@ -129,6 +133,32 @@ class WarmRuns:
                 except Exception as err:  # the server restarting must not end the loop
                     print(f"oblivio serve: warm runs: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
                 self.doorbell.wait(POLL_SECONDS)
+
+    def crash_leftovers(self, client) -> list[str]:
+        """Mark Crashed the runs of these deployments that a killed serve left Pending, Running or
+        Cancelling; their ids. Nothing else would ever end them, and the one concurrency slot of the
+        deletion deployment stays taken by such a run, so no later deletion would start. A new
+        serve is the only claimant of its workspace's deployments (`serve` refuses a second one),
+        and the crashed run's work is redone from checkpoints and the ledger by the next run."""
+        from prefect.client.schemas.filters import (
+            FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterState, FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.states import Crashed
+        from prefect.utilities.engine import propose_state_sync
+
+        left = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=list(self.deployments)),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]))))
+        for flow_run in left:
+            # proposed, not forced: the server's rules then release the run's concurrency slot
+            propose_state_sync(client, Crashed(message="the `oblivio serve` running it stopped without "
+                                                       "finishing it; the next run redoes its work"),
+                               flow_run_id=flow_run.id)
+            print(f"oblivio serve: {flow_run.name} was left unfinished by a stopped serve: marked crashed",
+                  file=sys.stderr, flush=True)
+        return [str(r.id) for r in left]
 
     @staticmethod
     def _claim(client, flow_run) -> bool:

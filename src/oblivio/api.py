@@ -438,8 +438,13 @@ class Workspace:
         if host not in ("127.0.0.1", "localhost", "::1") and not allow_remote:
             raise OblivioError(f"--host {host} would expose the Prefect API and the intake beyond this machine; "
                                "add --allow-remote if that is intended (and put authentication in front of it).")
-        from oblivio.flows.service import serve_workspace
+        from oblivio.flows.service import serve_workspace, serving_api
         from oblivio.http_intake import IntakeServer
+
+        if (running := serving_api(self.layout.serve_state_path)) is not None:
+            # two serves would claim each other's runs and the second's exit would hide the first
+            raise OblivioError(f"`oblivio serve` already runs for this workspace (its Prefect API: {running}); "
+                               "stop it first, or use it: commands hand their work to it.")
 
         ws = self.layout
         intake_server = IntakeServer(self, host=host, port=intake_port)
@@ -519,18 +524,21 @@ class Workspace:
         workspace, or when `serve` stops before the request is settled: the caller then
         processes it here (the ledger makes that safe).
         """
+        import json
+
         from oblivio import intake
-        from oblivio.flows.service import serving_api
+        from oblivio.flows.service import serving_api, still_serving
 
         api_url = serving_api(self.layout.serve_state_path)
         if api_url is None:
             return None
+        serve_pid = json.loads(self.layout.serve_state_path.read_text())["pid"]
         self._start_deletion_run(api_url, request_id)
         self.progress(f"{request_id}: handed to the running `oblivio serve`; waiting for it")
         checks = 0
         while (result := intake.settled(self.layout, request_id)) is None:
             checks += 1
-            if checks % 40 == 0 and serving_api(self.layout.serve_state_path) is None:
+            if checks % 40 == 0 and not still_serving(self.layout.serve_state_path, serve_pid):
                 return None
             time.sleep(SERVED_POLL_SECONDS)
         return {**result, "processed_by": "serve"}
@@ -555,11 +563,12 @@ class Workspace:
         import json
 
         from oblivio.flows import handover
-        from oblivio.flows.service import serving_api
+        from oblivio.flows.service import serving_api, still_serving
 
         api_url = serving_api(self.layout.serve_state_path)
         if api_url is None:
             return None
+        serve_pid = json.loads(self.layout.serve_state_path.read_text())["pid"]
         # this command waits for the promoted version, not for the MIA intervals no gate reads
         parameters = {"root": str(self.root), "n_shards": self.layout.params.sisa.shards, **options,
                       "defer_intervals": True}
@@ -572,7 +581,7 @@ class Workspace:
         while (outcome := handover.read_outcome(self.layout.runs_dir, flow_run)) is None:
             checks += 1
             if checks % 40 == 0:
-                if serving_api(self.layout.serve_state_path) is None:
+                if not still_serving(self.layout.serve_state_path, serve_pid):
                     self.progress("`oblivio serve` stopped before the run ended; running it here")
                     return None
                 state, message = handover.flow_run_state(api_url, flow_run)

@@ -157,3 +157,47 @@ def test_a_command_rings_serve_after_creating_its_run(served, monkeypatch, comma
         assert doorbell.wait(5) is True
     finally:
         doorbell.close()
+
+
+@pytest.mark.parametrize("command", ["run", "forget"])
+def test_a_serve_told_to_stop_mid_run_is_waited_for_not_redone(served, monkeypatch, command):
+    """SIGTERM makes serve remove its state file at once and finish the run it has. The waiting
+    command took the missing file for a stopped serve: `run` redid the whole run (two versions),
+    `forget --wait` found its request settled and printed "nothing to do"."""
+    import subprocess
+    import threading
+
+    from oblivio import intake
+
+    stopping = subprocess.Popen(["sleep", "30"])  # serve's process, finishing its run
+    served.layout.serve_state_path.write_text(json.dumps(
+        {"api_url": API, "pid": stopping.pid, "deployments": {"pipeline": "dep-pipeline", "deletion": "dep-deletion"}}))
+    monkeypatch.setattr(service, "serving_api", lambda state_file: API if state_file.exists() else None)
+    done = threading.Event()
+
+    def told_to_stop(api_url, deployment_id, parameters):
+        served.layout.serve_state_path.unlink()
+        threading.Timer(3.0, lambda: (handover.write_outcome(served.layout.runs_dir, "run-9", {"summary": {
+            "model_version": 4, "promoted": True, "slices_trained": 1, "seconds": 3.0}}), done.set())).start()
+        return "run-9"
+
+    real_settled = intake.settled
+    monkeypatch.setattr(intake, "settled", lambda ws, request_id: {
+        "request_ids": [request_id], "status": "promoted", "promoted": True, "records_removed": 1}
+        if done.is_set() else real_settled(ws, request_id))
+    monkeypatch.setattr(handover, "create_flow_run", told_to_stop)
+    monkeypatch.setattr(handover, "flow_run_state", lambda api_url, flow_run: ("RUNNING", ""))
+    monkeypatch.setattr(Workspace, "_process", lambda self, *a, **k: pytest.fail("redone here"), raising=False)
+    from oblivio.flows import prefect_api
+    monkeypatch.setattr(prefect_api, "prefect_api", lambda: pytest.fail("redone here"))
+    try:
+        if command == "run":
+            result = served.run()
+            assert result.model_version == 4
+        else:
+            result = served.forget(subjects=["42"], wait=True)
+            assert result.status == "promoted"
+        assert result.details["processed_by"] == "serve"
+    finally:
+        stopping.kill()
+        stopping.wait()
