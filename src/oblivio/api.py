@@ -53,7 +53,9 @@ class Workspace:
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, *, progress: Progress = _silent) -> Workspace:
         """The workspace at (or above) `path`, default the current directory; both config files validated."""
-        from oblivio import numerics
+        from oblivio import numerics, script_guard
+
+        script_guard.refuse_reimported_main()
 
         layout = WorkspaceDir.find(Path(path) if path is not None else None)
         _ = layout.params, layout.mlflow  # every problem of both files, before anything starts
@@ -73,6 +75,9 @@ class Workspace:
         `profile="production"` points it at the servers in `production` (oblivio.profiles.Production);
         `from_table` writes params.yaml from a table's schema (oblivio.data.schema_inference).
         """
+        from oblivio import script_guard
+
+        script_guard.refuse_reimported_main()
         from oblivio.workspace import init_workspace
 
         if from_table is not None and profile != "embedded":
